@@ -1,0 +1,199 @@
+"""The fastai callback beyond what its notebook shows: bad input, the model after a failure, one mask for a whole session,
+checkpoints and exports. Small models and data: the whole file runs in well under a minute on one CPU thread."""
+import math, warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner, load_learner
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.training import ShortEpochCallback
+import fastai.callback.schedule  # noqa: F401  (Learner.lr_find, fit_one_cycle, fine_tune)
+
+from force_edu.masks import Masks, prunable_layers, is_pruned
+from force_edu.methods import prune_at_init, repeat_batches, model_fingerprint, same_fingerprint
+from force_edu.callback import PruneAtInitCallback, ForceCallback, check_prune_args
+
+torch.set_num_threads(1)
+
+
+def _net(seed=0, n_out=4):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out))
+
+
+def _dls(n=96, bs=16, shuffle=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+    ds = [(xi, yi) for xi, yi in zip(x, y)]
+    kw = {} if shuffle else dict(shuffle=False)
+    return DataLoaders.from_dsets(ds[:64], ds[64:], bs=bs, device='cpu', num_workers=0, **kw)
+
+
+def _learner(cb=None, seed=0, tmp_path='.', **kw):
+    cbs = [c for c in (cb,) if c is not None]
+    kw.setdefault('loss_func', F.cross_entropy)
+    learn = Learner(_dls(), _net(seed), path=tmp_path, cbs=cbs, **kw)
+    if hasattr(learn, 'progress'): learn.remove_cb(learn.progress)
+    learn.logger = lambda *a, **k: None
+    return learn
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('bad', [1.0, -0.1, 1.5, float('nan'), '0.9', True, None])
+@pytest.mark.parametrize('cls', [ForceCallback, PruneAtInitCallback])
+def test_bad_sparsity_fails_at_construction(cls, bad):
+    with pytest.raises(ValueError, match=r'sparsity must be a number in \[0, 1\)'): cls(bad)
+
+
+@pytest.mark.parametrize('kw, msg', [(dict(method='forse'), 'known methods'), (dict(steps=0), 'steps must be'),
+                                     (dict(steps=2.5), 'steps must be'), (dict(batches_per_step=0), 'batches_per_step must be'),
+                                     (dict(mode='cosine'), 'mode must be'), (dict(bn_mode='frozen'), 'bn_mode must be')])
+def test_bad_arguments_fail_at_construction(kw, msg):
+    with pytest.raises(ValueError, match=msg): PruneAtInitCallback(0.9, **kw)
+    with pytest.raises(ValueError, match=msg): check_prune_args(0.9, **kw)
+
+
+def _fails_and_leaves_model(learn, exc, match):
+    before = model_fingerprint(learn.model)
+    with pytest.raises(exc, match=match): learn.fit(1)
+    assert same_fingerprint(before, model_fingerprint(learn.model)), "the model changed although before_fit failed"
+    assert learn.pruning_masks is None
+    assert not any(is_pruned(m) for m in learn.model.modules())
+
+
+def test_bad_sparsity_set_after_construction_fails_at_before_fit(tmp_path):
+    cb = ForceCallback(0.9, steps=2, progress=False)
+    cb.sparsity = 1.0
+    _fails_and_leaves_model(_learner(cb, tmp_path=tmp_path), ValueError, r'sparsity must be')
+
+
+def test_no_prunable_layer(tmp_path):
+    learn = Learner(_dls(), nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64)),
+                    loss_func=lambda out, y: out.mean(), cbs=ForceCallback(0.9), path=tmp_path)
+    _fails_and_leaves_model(learn, ValueError, 'has no prunable layer')
+
+
+def test_empty_training_dataloader(tmp_path):
+    dls = _dls(bs=128)                                   # 64 training items, drop_last: no batch
+    assert len(dls.train) == 0
+    learn = Learner(dls, _net(), loss_func=F.cross_entropy, cbs=ForceCallback(0.9), path=tmp_path)
+    _fails_and_leaves_model(learn, ValueError, r'learn.dls.train yields no batch \(items=64, bs=128, drop_last=True\)')
+
+
+def test_nan_data_fails_before_any_change(tmp_path):
+    learn = _learner(ForceCallback(0.9, steps=2, progress=False), tmp_path=tmp_path,
+                     loss_func=lambda out, y: F.cross_entropy(out, y) * float('nan'))
+    _fails_and_leaves_model(learn, ValueError, 'the loss is nan')
+
+
+@pytest.mark.parametrize('exc', [CancelFitException, KeyboardInterrupt, RuntimeError])
+def test_interrupted_pruning_leaves_model_dense_and_usable(tmp_path, exc):
+    def stop(t, k, c):
+        if t == 1: raise exc('stop')
+    cb = ForceCallback(0.9, steps=4, progress=False, verbose=False, on_step=stop)
+    learn = _learner(cb, tmp_path=tmp_path)
+    before = model_fingerprint(learn.model)
+    if exc is CancelFitException: learn.fit(1)            # fastai ends the fit quietly
+    else:
+        with pytest.raises(exc): learn.fit(1)
+    assert same_fingerprint(before, model_fingerprint(learn.model))
+    assert learn.pruning_masks is None and cb.masks is None
+    cb.on_step = None
+    learn.fit(1)                                          # usable: the next fit prunes from scratch
+    assert math.isclose(learn.pruning_masks.sparsity, 0.9, abs_tol=2e-3)
+
+
+# ---- what the callback computes ----------------------------------------------------------------------------------
+
+def test_mask_is_prune_at_init_on_the_learners_batches_and_loss(tmp_path):
+    calls = []
+    def loss(out, y): calls.append(len(y)); return F.cross_entropy(out, y)
+    dls = _dls(shuffle=False)
+    learn = Learner(dls, _net(), loss_func=loss, path=tmp_path,
+                    cbs=ForceCallback(0.95, steps=6, batches_per_step=1, progress=False, verbose=False))
+    expected = prune_at_init(_net(), repeat_batches(dls.train), 0.95, 'force', steps=6)   # 4 batches: gone over again
+    assert len(dls.train) == 4
+    learn.fit(1, cbs=ShortEpochCallback(0))
+    assert learn.pruning_masks == expected
+    assert calls[:6] == [16] * 6                          # the learner's loss, on the 6 saliency batches
+
+
+def test_one_summary_line_and_one_mask_for_a_session(tmp_path, capsys):
+    steps = []
+    cb = ForceCallback(0.95, steps=5, progress=False, on_step=lambda t, k, c: steps.append(t))
+    learn = _learner(cb, tmp_path=tmp_path)
+    learn.lr_find(num_it=6, show_plot=False)
+    masks = learn.pruning_masks
+    learn.fit(1)
+    learn.fit_one_cycle(1)
+    learn.fine_tune(1, freeze_epochs=1)
+    assert steps == [0, 1, 2, 3, 4]
+    assert learn.pruning_masks is masks and cb.masks is masks
+    out = capsys.readouterr().out
+    assert out.count('ForceCallback: force (5 steps, exp) pruned to sparsity') == 1, out
+    for n, l in prunable_layers(learn.model).items(): assert not l.weight_orig[~masks[n]].any()
+
+
+def test_parameter_order_is_kept(tmp_path):
+    learn = _learner(ForceCallback(0.9, steps=2, progress=False, verbose=False), tmp_path=tmp_path)
+    dense = [n for n, _ in learn.model.named_parameters()]
+    ids = [id(p) for p in learn.model.parameters()]
+    learn.fit(1)
+    assert [n.replace('weight_orig', 'weight') for n, _ in learn.model.named_parameters()] == dense
+    assert [id(p) for p in learn.model.parameters()] == ids
+    learn.remove_pruning()
+    assert [n for n, _ in learn.model.named_parameters()] == dense
+
+
+# ---- checkpoints and exports -------------------------------------------------------------------------------------
+
+def test_export_round_trip_and_training_after_export(tmp_path):
+    from force_edu.data import digits_dls               # `export` needs fastai datasets (it empties them)
+    learn = Learner(digits_dls(size=8, channels=1), _net(n_out=10), path=tmp_path,
+                    cbs=ForceCallback(0.9, steps=3, progress=False, verbose=False))
+    learn.remove_cb(learn.progress); learn.logger = lambda *a, **k: None
+    learn.fit(1, 1e-2, cbs=ShortEpochCallback(0.2))
+    masks = learn.pruning_masks
+    learn.export('pruned.pkl')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        back = load_learner(tmp_path/'pruned.pkl')
+    assert back.pruning_masks == masks and Masks.from_model(back.model) == masks
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(back.model.eval()(x), learn.model.eval()(x))
+    assert back.predict(torch.rand(8, 8) * 255)[0] in [str(i) for i in range(10)]
+    for n, l in prunable_layers(back.model).items(): assert not l.weight[~masks[n]].any()
+    learn.fit(1, 1e-2, cbs=ShortEpochCallback(0.2))      # export rebuilt the optimizer from the pruned model: state fits
+    for n, l in prunable_layers(learn.model).items(): assert not l.weight_orig[~masks[n]].any()
+
+
+def test_save_load_pruned_fresh_and_dense(tmp_path):
+    learn = _learner(ForceCallback(0.9, steps=3, progress=False, verbose=False), tmp_path=tmp_path)
+    learn.fit(1, 1e-2)
+    learn.save('p')
+    x = torch.randn(5, 1, 8, 8)
+    y = learn.model.eval()(x)
+    other = _learner(ForceCallback(0.5, steps=2, progress=False, verbose=False), seed=1, tmp_path=tmp_path)
+    other.fit(1)                                          # pruned too, with another mask: the checkpoint's replaces it
+    other.load('p')
+    assert other.pruning_masks == learn.pruning_masks and other.force.masks == learn.pruning_masks
+    torch.testing.assert_close(other.model.eval()(x), y)
+    fresh_cb = ForceCallback(0.5, steps=2, progress=False)
+    fresh = _learner(fresh_cb, seed=2, tmp_path=tmp_path)  # unpruned, with a callback that has computed nothing
+    fresh.load('p')
+    assert fresh.pruning_masks == learn.pruning_masks and fresh_cb.masks == learn.pruning_masks
+    torch.testing.assert_close(fresh.model.eval()(x), y)
+    fresh.fit(1)                                          # the callback adopts the loaded mask; nothing is recomputed
+    assert fresh_cb.report is None and fresh.pruning_masks == learn.pruning_masks
+    dense = _learner(tmp_path=tmp_path)
+    dense.save('d')
+    with pytest.raises(ValueError, match=r'call learn.remove_pruning\(\) before loading dense weights'): learn.load('d')
+    wrong = Learner(_dls(), nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), loss_func=F.cross_entropy, path=tmp_path)
+    with pytest.raises(ValueError, match='do not fit'): wrong.load('p')   # a checkpoint of another architecture
+    learn.remove_pruning()
+    learn.load('d')                                       # after remove_pruning dense weights load as usual

@@ -1,0 +1,132 @@
+"""Offline checks of the documentation site (Quarto cannot be installed here; the site is rendered by CI elsewhere).
+
+- every notebook named in `nbs/sidebar.yml` exists, and every notebook is in the sidebar;
+- nbdev's processing step (`proc_nbs`, what `nbdev-proc-nbs` runs before Quarto) runs clean;
+- every `show_doc` target resolves in its notebook's module;
+- no saved cell output contains a traceback;
+- internal links between notebooks (and their `#anchors`) resolve.
+"""
+import ast, json, re, importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / 'nbs'
+
+
+def _notebooks():
+    return sorted(p for p in NBS.rglob('*.ipynb')
+                  if not any(part.startswith(('_', '.')) for part in p.relative_to(NBS).parts))
+
+
+def _sidebar_entries():
+    side = yaml.safe_load((NBS / 'sidebar.yml').read_text())['website']['sidebar']['contents']
+    out = []
+    def walk(items):
+        for it in items:
+            if isinstance(it, str): out.append(it)
+            elif isinstance(it, dict):
+                if 'href' in it: out.append(it['href'])
+                walk(it.get('contents', []))
+    walk(side)
+    return out
+
+
+def _cells(nb_path):
+    return json.loads(nb_path.read_text())['cells']
+
+
+def test_sidebar_matches_notebooks():
+    entries = _sidebar_entries()
+    missing = [e for e in entries if not (NBS / e).exists()]
+    assert not missing, f"sidebar.yml names files that do not exist: {missing}"
+    listed = {(NBS / e).resolve() for e in entries}
+    unlisted = [str(p.relative_to(NBS)) for p in _notebooks() if p.resolve() not in listed]
+    assert not unlisted, f"notebooks missing from nbs/sidebar.yml: {unlisted}"
+    assert entries[0] == 'index.ipynb', "the home page comes first"
+
+
+def test_no_traceback_in_outputs():
+    bad = []
+    for nb in _notebooks():
+        for i, c in enumerate(_cells(nb)):
+            for o in c.get('outputs', []):
+                text = ''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/plain', ''))
+                if o.get('output_type') == 'error' or 'Traceback (most recent call last)' in text:
+                    bad.append(f"{nb.relative_to(NBS)} cell {i}")
+    assert not bad, f"saved outputs with a traceback: {bad}"
+
+
+def _default_exp(cells):
+    for c in cells:
+        m = re.search(r'^#\|\s*default_exp\s+(\S+)', ''.join(c['source']), re.M)
+        if m: return m.group(1)
+
+
+def _show_doc_targets(cells):
+    for c in cells:
+        if c['cell_type'] != 'code': continue
+        src = ''.join(l for l in ''.join(c['source']).splitlines(True) if not l.lstrip().startswith(('#|', '%', '!')))
+        try: tree = ast.parse(src)
+        except SyntaxError: continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'show_doc' and node.args:
+                yield ast.unparse(node.args[0])
+
+
+@pytest.mark.parametrize('nb', _notebooks(), ids=lambda p: str(p.relative_to(NBS)))
+def test_show_doc_targets_resolve(nb):
+    cells = _cells(nb)
+    targets = list(_show_doc_targets(cells))
+    if not targets: return
+    mod = _default_exp(cells)
+    assert mod, f"{nb.name} calls show_doc but exports no module"
+    ns = vars(importlib.import_module(f'force_edu.{mod}')).copy()
+    for t in targets:
+        try: eval(t, ns)
+        except Exception as e: pytest.fail(f"{nb.name}: show_doc({t}) does not resolve in force_edu.{mod}: {e!r}")
+
+
+def _slug(text):
+    text = re.sub(r'[`*_]', '', text.strip().lower())
+    text = re.sub(r'\$[^$]*\$', lambda m: m.group(0), text)
+    text = re.sub(r'[^\w\- ]', '', text)
+    return re.sub(r'\s+', '-', text).strip('-')
+
+
+def _anchors(nb):
+    out = set()
+    for c in _cells(nb):
+        if c['cell_type'] != 'markdown': continue
+        for line in ''.join(c['source']).splitlines():
+            m = re.match(r'^#{1,6}\s+(.*?)\s*(\{#([\w-]+)\})?\s*$', line)
+            if m: out.add(m.group(3) or _slug(m.group(1)))
+    return out
+
+
+def test_internal_links_resolve():
+    bad = []
+    for nb in _notebooks():
+        for c in _cells(nb):
+            if c['cell_type'] != 'markdown': continue
+            for target in re.findall(r'\]\(([^)\s]+)\)', ''.join(c['source'])):
+                if re.match(r'^[a-z]+://', target) or target.startswith(('mailto:', '#')): continue
+                path, _, anchor = target.partition('#')
+                if not path.endswith(('.ipynb', '.md', '.qmd')): continue
+                dest = (nb.parent / path).resolve()
+                if not dest.exists(): bad.append(f"{nb.relative_to(NBS)} -> {target} (no such file)")
+                elif anchor and dest.suffix == '.ipynb' and anchor not in _anchors(dest):
+                    bad.append(f"{nb.relative_to(NBS)} -> {target} (no such heading)")
+    assert not bad, f"broken internal links: {bad}"
+
+
+def test_proc_nbs_runs_clean(tmp_path, monkeypatch):
+    "nbdev's pre-Quarto processing (run by `nbdev-proc-nbs`; that command also tries to install Quarto, so call the step itself)."
+    from nbdev.serve import proc_nbs
+    monkeypatch.chdir(ROOT)
+    proc_nbs(path=str(NBS), n_workers=0, force=True)
+    proc = ROOT / '_proc'
+    for nb in _notebooks():
+        assert (proc / nb.relative_to(ROOT)).exists() or (proc / nb.relative_to(NBS)).exists(), f"{nb.name} was not processed"

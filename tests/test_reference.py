@@ -1,0 +1,232 @@
+"""`prune_at_init` against a slow, obviously-correct re-implementation of Algorithm 1 written here.
+
+The reference is deliberately independent of the library: it copies the model, multiplies explicit float
+mask tensors `c` into the prunable weights with `torch.func.functional_call`, takes the gradient with
+respect to the mask variable itself (dL(theta*c)/dc at c = c_t, eq. 5), and selects the top-k with a
+Python stable sort on (-score, index). It re-derives the schedule (eq. 8/9 with rounding) and only checks
+it against `sparsity_schedule`. Masks are compared exactly.
+"""
+import copy, functools, math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+from sklearn.datasets import load_digits
+
+from force_edu.masks import Masks
+from force_edu.methods import prune_at_init, sparsity_schedule
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    "Tiny models: one intra-op thread is much faster than two on a shared machine (OpenMP spin-waits)."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+# ---------------------------------------------------------------- data and models
+
+@functools.lru_cache(maxsize=None)
+def _digits():
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float64).view(-1, 1, 8, 8)
+    y = torch.tensor(y, dtype=torch.long)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
+    return X[perm], y[perm]
+
+def digit_batches(n, bs=32, dtype=torch.float64, device='cpu'):
+    "`n` consecutive (x, y) batches of the shuffled scikit-learn digits, images 1x8x8."
+    X, y = _digits()
+    out = []
+    for i in range(n):
+        idx = torch.arange(i * bs, (i + 1) * bs) % len(X)
+        out.append((X[idx].to(device, dtype), y[idx].to(device)))
+    return out
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+def cnn(bn=True, seed=0):
+    torch.manual_seed(seed)
+    norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), norm(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3), norm(8), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+
+MODELS = {'mlp': lambda: mlp(), 'cnn': lambda: cnn(bn=False), 'cnn_bn': lambda: cnn(bn=True)}
+
+# ---------------------------------------------------------------- the reference
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+def ref_schedule(m, k, T, mode='exp'):
+    "Eq. 9 (exp) or eq. 8 (linear), rounded to integers; k_T = k."
+    ks = []
+    for t in range(1, T + 1):
+        a = t / T
+        kt = a * k + (1 - a) * m if mode == 'linear' else math.exp(a * math.log(k) + (1 - a) * math.log(m))
+        ks.append(int(round(kt)))
+    ks[-1] = k
+    return ks
+
+def ref_topk(scores, k, alive=None):
+    "Keep the k best of `scores` (a flat tensor) by a stable sort on (-score, index), among `alive` if given."
+    s = scores.tolist()
+    cand = range(len(s)) if alive is None else [i for i, a in enumerate(alive.tolist()) if a]
+    order = sorted(cand, key=lambda i: (-s[i], i))
+    keep = torch.zeros(len(s), dtype=torch.bool)
+    keep[list(order[:k])] = True
+    return keep
+
+class Reference:
+    "The loss of a private copy of `model` as a function of explicit float masks `c` on its prunable weights."
+    def __init__(self, model, bn_mode):
+        self.net = copy.deepcopy(model)
+        self.net.eval()
+        if bn_mode == 'train':
+            for mod in self.net.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm): mod.train()
+        layers = [(n, mod) for n, mod in self.net.named_modules() if isinstance(mod, PRUNABLE)]
+        self.names = [n for n, _ in layers]
+        self.theta = [mod.weight.detach().clone() for _, mod in layers]
+        self.m = sum(t.numel() for t in self.theta)
+
+    def _loss(self, weights, batches):
+        "The mean over `batches` of the cross-entropy of the copy with its prunable weights replaced."
+        params = {n: p.detach() for n, p in self.net.named_parameters()}
+        params.update({f'{n}.weight': w for n, w in zip(self.names, weights)})
+        return sum(F.cross_entropy(functional_call(self.net, params, (x,)), y) for x, y in batches) / len(batches)
+
+    def grad_wrt_mask(self, c, batches):
+        "dL(theta*c)/dc at c (eq. 5), flat."
+        cv = [ci.clone().requires_grad_() for ci in c]
+        loss = self._loss([t * ci for t, ci in zip(self.theta, cv)], batches)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, cv)])
+
+    def grad_wrt_weights(self, c, batches):
+        "grad L at theta*c, flat."
+        w = [(t * ci).detach().requires_grad_() for t, ci in zip(self.theta, c)]
+        loss = self._loss(w, batches)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, w)])
+
+    def split(self, flat):
+        return [p.view_as(t).to(t.dtype) for p, t in zip(flat.split([t.numel() for t in self.theta]), self.theta)]
+
+    def masks(self, flat):
+        return Masks({n: p.bool() for n, p in zip(self.names, self.split(flat))})
+
+def reference_prune(model, batches, sparsity, method, steps, bn_mode='eval', mode='exp', bps=1):
+    """Algorithm 1 (force), eq. 7 (iter_snip), eq. 17 (grasp_it), eq. 3 (snip); step t uses batches[t*bps:(t+1)*bps].
+    'snip_mb' is SNIP on the mean loss of `steps` x `bps` batches."""
+    ref = Reference(model, bn_mode)
+    m = ref.m
+    k = int(round((1 - sparsity) * m))
+    if method == 'snip_mb':
+        score = ref.grad_wrt_mask(ref.split(torch.ones(m, dtype=torch.float64)), batches[:steps * bps]).abs()
+        return ref.masks(ref_topk(score, k))
+    ks = ref_schedule(m, k, steps, mode)
+    assert ks == sparsity_schedule(m, k, steps, mode), "the re-derived schedule differs from the library's"
+    c = torch.ones(m, dtype=torch.float64)            # c_0 = 1
+    for t in range(steps):
+        cl, bs = ref.split(c), batches[t * bps:(t + 1) * bps]
+        if method in ('force', 'iter_snip', 'snip'):
+            score = ref.grad_wrt_mask(cl, bs).abs()
+        elif method == 'grasp_it':
+            score = ref.grad_wrt_weights(cl, bs).pow(2)
+        else: raise AssertionError(method)
+        alive = None if method in ('force', 'snip') else c.bool()
+        c = ref_topk(score, ks[t], alive).to(torch.float64)   # c_{t+1}
+    return ref.masks(c)
+
+# ---------------------------------------------------------------- the checks
+
+def _prep(name, dtype): return MODELS[name]().to(dtype)
+
+CASES = [('mlp', 'eval'), ('cnn', 'eval'), ('cnn_bn', 'eval'), ('cnn_bn', 'train')]
+
+@pytest.mark.parametrize('method', ['force', 'iter_snip', 'grasp_it'])
+@pytest.mark.parametrize('name,bn_mode', CASES)
+@pytest.mark.parametrize('sparsity,steps', [(0.9, 6), (0.99, 10)])
+def test_progressive_matches_reference(method, name, bn_mode, sparsity, steps):
+    model = _prep(name, torch.float64)
+    bs = digit_batches(steps)
+    got = prune_at_init(model, bs, sparsity, method, steps=steps, bn_mode=bn_mode)
+    want = reference_prune(model, bs, sparsity, method, steps, bn_mode)
+    assert got.kept == want.kept
+    assert got == want
+
+@pytest.mark.parametrize('name,bn_mode', CASES)
+def test_linear_schedule_matches_reference(name, bn_mode):
+    model = _prep(name, torch.float64)
+    bs = digit_batches(5)
+    for method in ('force', 'iter_snip'):
+        got = prune_at_init(model, bs, 0.95, method, steps=5, mode='linear', bn_mode=bn_mode)
+        assert got == reference_prune(model, bs, 0.95, method, 5, bn_mode, mode='linear')
+
+@pytest.mark.parametrize('name,bn_mode', CASES)
+@pytest.mark.parametrize('sparsity', [0.5, 0.9, 0.99])
+def test_snip_matches_reference_and_force_T1(name, bn_mode, sparsity):
+    model = _prep(name, torch.float64)
+    bs = digit_batches(1)
+    want = reference_prune(model, bs, sparsity, 'snip', 1, bn_mode)
+    assert prune_at_init(model, bs, sparsity, 'snip', bn_mode=bn_mode) == want
+    # T = 1 FORCE is SNIP, exactly (and so is T = 1 Iter-SNIP)
+    assert prune_at_init(model, bs, sparsity, 'force', steps=1, bn_mode=bn_mode) == want
+    assert prune_at_init(model, bs, sparsity, 'iter_snip', steps=1, bn_mode=bn_mode) == want
+
+@pytest.mark.parametrize('name,bn_mode', CASES)
+def test_several_batches_per_step_match_reference(name, bn_mode):
+    "batches_per_step = 2: the saliency of the mean loss over the step's two batches; SNIP-MB over steps x bps batches."
+    model = _prep(name, torch.float64)
+    bs = digit_batches(8)
+    for method in ('force', 'iter_snip', 'grasp_it'):
+        got = prune_at_init(model, bs, 0.95, method, steps=4, batches_per_step=2, bn_mode=bn_mode)
+        assert got == reference_prune(model, bs, 0.95, method, 4, bn_mode, bps=2), method
+    got = prune_at_init(model, bs, 0.95, 'snip_mb', steps=4, batches_per_step=2, bn_mode=bn_mode)
+    assert got == reference_prune(model, bs, 0.95, 'snip_mb', 4, bn_mode, bps=2)
+    assert got != reference_prune(model, bs, 0.95, 'snip', 1, bn_mode)
+
+@pytest.mark.parametrize('name,bn_mode', [('mlp', 'eval'), ('cnn_bn', 'train')])
+def test_float32_matches_reference(name, bn_mode):
+    "The same in float32: the library and the reference perform the same floating-point operations."
+    model = _prep(name, torch.float32)
+    bs = digit_batches(6, dtype=torch.float32)
+    for method in ('force', 'iter_snip', 'grasp_it'):
+        got = prune_at_init(model, bs, 0.95, method, steps=6, bn_mode=bn_mode)
+        assert got == reference_prune(model, bs, 0.95, method, 6, bn_mode)
+
+def test_reference_sanity():
+    "The reference itself: the mask-gradient is theta * grad L(theta*c), and FORCE resurrects while Iter-SNIP cannot."
+    model = mlp().double()
+    ref = Reference(model, 'eval')
+    b = digit_batches(1)
+    c = ref.split((torch.rand(ref.m, generator=torch.Generator().manual_seed(1)) < 0.3).double())
+    gc = ref.grad_wrt_mask(c, b)
+    gw = ref.grad_wrt_weights(c, b)
+    assert torch.allclose(gc, torch.cat([t.reshape(-1) for t in ref.theta]) * gw, rtol=1e-12, atol=1e-15)
+    # iter_snip masks are nested; the FORCE run must differ from Iter-SNIP somewhere for the test to mean anything
+    bs = digit_batches(10)
+    f = reference_prune(model, bs, 0.99, 'force', 10)
+    i = reference_prune(model, bs, 0.99, 'iter_snip', 10)
+    assert f != i
+    # and the BatchNorm mode matters on the BN network, so the two bn_mode cases test different things
+    net, bs = cnn(bn=True).double(), digit_batches(6)
+    assert reference_prune(net, bs, 0.99, 'force', 6, 'eval') != reference_prune(net, bs, 0.99, 'force', 6, 'train')
+
+# ---------------------------------------------------------------- the same on a GPU
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('method,steps', [('snip', 1), ('force', 5), ('iter_snip', 5)])
+def test_gpu_masks_equal_cpu(method, steps):
+    model = mlp().double()
+    bs = digit_batches(steps)
+    cpu = prune_at_init(model, bs, 0.9, method, steps=steps)
+    gpu_model = copy.deepcopy(model).cuda()
+    gpu = prune_at_init(gpu_model, digit_batches(steps, device='cuda'), 0.9, method, steps=steps)
+    assert gpu == cpu
+    # batches on the CPU are moved to the model's device
+    assert prune_at_init(gpu_model, bs, 0.9, method, steps=steps) == cpu
+    assert gpu == reference_prune(model, bs, 0.9, method, steps)
