@@ -97,11 +97,11 @@ def get_method(name:str) -> PruningMethod:
         raise ValueError(f"unknown pruning method {name!r}; known methods: {', '.join(METHODS)}")
     return METHODS[name]
 
-# %% ../nbs/02_methods.ipynb #60ee494d
+# %% ../nbs/02_methods.ipynb #bff89d65
 class PruningJob:
     "Validated inputs of one `prune_at_init` call, and the helpers every method shares."
     def __init__(self, model, batches, sparsity, method='force', steps=None, mode='exp', batches_per_step=1,
-                 loss_func=F.cross_entropy, layer_types=PRUNABLE_TYPES, bn_mode='eval', seed=None,
+                 loss_func=F.cross_entropy, layer_types=PRUNABLE_TYPES, bn_mode='train', seed=None,
                  progress=False, on_step=None, input_shape=None):
         self.method = get_method(method)
         self.sparsity = check_sparsity(sparsity)
@@ -256,7 +256,7 @@ def _synflow_saliency(job):
                  summary='data-free, progressive; |theta * dR/dtheta| of the all-ones input through |theta|, pruned stay pruned')
 def _synflow(job): return _progressive(job, _synflow_saliency(job), resurrect=False)
 
-# %% ../nbs/02_methods.ipynb #947e9ba0
+# %% ../nbs/02_methods.ipynb #4eb79acd
 def prune_at_init(model:nn.Module, # the network at initialisation (not modified)
                   batches:Iterable|None, # (x, y) batches on any device: a DataLoader, a list, a generator
                   sparsity:float, # fraction of prunable weights to remove, in [0, 1) (0.99 keeps 1%)
@@ -266,18 +266,19 @@ def prune_at_init(model:nn.Module, # the network at initialisation (not modified
                   batches_per_step:int=1, # batches whose gradients are averaged at each step
                   loss_func:Callable=F.cross_entropy, # saliency loss `loss_func(output, target)`
                   layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
-                  bn_mode:str='eval', # BatchNorm during saliency: 'eval' (running statistics) or 'train' (batch statistics)
+                  bn_mode:str='train', # BatchNorm during saliency: 'train' (batch statistics, measured best) or 'eval' (running statistics)
                   seed:int|None=None, # seed of the random method (other methods are deterministic given the batches)
                   progress:bool=False, # show a `fastprogress` bar over the steps
                   on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
                   input_shape:tuple|None=None, # input shape without the batch dimension, for data-free SynFlow without batches
                  ) -> Masks:
     "Compute a pruning mask for `model` at initialisation with `method`; the model is left unchanged."
-    job = PruningJob(model, batches, sparsity, method, steps, mode, batches_per_step, loss_func, layer_types,
-                     bn_mode, seed, progress, on_step, input_shape)
-    if job.k == job.m: return Masks.ones_like(model, layer_types)
-    with saliency_mode(model, bn_mode), torch.inference_mode(False), torch.enable_grad():
-        flat = job.method.run(job)
+    with torch.inference_mode(False):   # also works when called under `torch.inference_mode()`
+        job = PruningJob(model, batches, sparsity, method, steps, mode, batches_per_step, loss_func, layer_types,
+                         bn_mode, seed, progress, on_step, input_shape)
+        if job.k == job.m: return Masks.ones_like(model, layer_types)
+        with saliency_mode(model, bn_mode), torch.enable_grad():
+            flat = job.method.run(job)
     masks = Masks.from_flat(flat, job.loss.shapes)
     assert masks.kept == job.k, (masks.kept, job.k)
     return masks
