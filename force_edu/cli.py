@@ -37,7 +37,8 @@ def data(json:bool=False, # print JSON instead of a table
 # %% ../nbs/07_cli.ipynb #7ff3bbd3
 COMMANDS = {
     'data': data,
-    # 'demo': 'force_edu.callback:demo',  # prune + train on the digits: one line, once force_edu.callback exports `demo`
+    'demo': 'force_edu.callback:demo',   # the main job: FORCE vs random vs dense on the digits (the callback notebook)
+    'sweep': 'force_edu.sweep:sweep',    # prune and train every (method, sparsity, seed); resumable (the sweep notebook)
 }
 
 PROG = 'force-edu'

@@ -56,6 +56,55 @@ def n_kept(m:int, # number of prunable weights
     return k
 
 # %% ../nbs/00_masks.ipynb #dc465e3a
+_TOPK_SAMPLE = 2**16   # sample size of `_topk_bracketed`
+_TOPK_MIN = 2**20      # from this many scores on, `topk_mask` brackets the k-th largest instead of a plain `kthvalue`
+
+def _nonzero(mask:Tensor) -> Tensor:
+    "`mask.nonzero()` of a flat boolean mask, in index order; when sparse, zero 8-byte words are skipped 8 entries at a time."
+    n8 = mask.numel() // 8 * 8
+    if n8 == 0 or mask.storage_offset() % 8 or torch.count_nonzero(mask) * 64 > n8: return mask.nonzero().squeeze(1)
+    words = mask[:n8].view(torch.int64)
+    w = (words != 0).nonzero().squeeze(1)
+    ij = mask[:n8].view(-1, 8)[w].nonzero()
+    tail = mask[n8:].nonzero().squeeze(1) + n8
+    return torch.cat([w[ij[:, 0]] * 8 + ij[:, 1], tail])
+
+def _topk_bracketed(s:Tensor, # flat float32/float64 scores without NaN
+                    k:int, # 1 <= k < m
+                    n_sample:int=_TOPK_SAMPLE, # sample size
+                   ) -> Tensor|None:
+    "`topk_mask(s, k)`, with the k-th largest bracketed by two order statistics of a fixed-seed sample; `None` if the bracket misses."
+    m = s.numel()
+    idx = torch.randint(m, (n_sample,), generator=torch.Generator().manual_seed(0)).to(s.device)
+    xs = s[idx].sort(descending=True).values
+    q = k / m
+    j, d = q * n_sample, 6 * math.sqrt(n_sample * q * (1 - q)) + 2   # expected rank of the k-th largest in the sample, slack
+    a, b = math.floor(j - d), math.ceil(j + d)
+    inf = torch.tensor(math.inf, dtype=s.dtype, device=s.device)
+    hi = xs[a] if a >= 0 else inf          # probably >= the k-th largest
+    lo = xs[b] if b < n_sample else -inf   # probably <= it
+    keep = s >= hi
+    n_hi = int(torch.count_nonzero(keep))
+    def fill(keep, ties, n):   # keep the first n of `ties` (indices in increasing order)
+        keep[ties[:n]] = True
+        return keep
+    if n_hi >= k:   # the k-th largest is hi itself, or the bracket missed above
+        gt = s > hi
+        n_gt = int(torch.count_nonzero(gt))
+        return fill(gt, _nonzero(keep.logical_xor_(gt)), k - n_gt) if n_gt < k else None
+    if bool(hi == lo): return None
+    inside = _nonzero((s > lo).logical_xor_(keep))   # lo < s < hi (s >= hi implies s > lo), in index order
+    vals, r = s[inside], k - n_hi   # the k-th largest is the r-th largest inside, if there are r of them
+    if vals.numel() >= r:
+        kth = vals.kthvalue(vals.numel() - r + 1).values
+        above = vals > kth
+        keep[inside[above]] = True
+        return fill(keep, inside[vals == kth], r - int(torch.count_nonzero(above)))
+    eq = s == lo   # the k-th largest is lo itself, or the bracket missed below
+    if n_hi + vals.numel() + int(torch.count_nonzero(eq)) < k: return None
+    keep[inside] = True
+    return fill(keep, _nonzero(eq), r - vals.numel())
+
 def topk_mask(scores:Tensor, # saliency of every weight, any shape (flattened)
               k:int, # number of weights to keep
              ) -> Tensor:
@@ -65,12 +114,16 @@ def topk_mask(scores:Tensor, # saliency of every weight, any shape (flattened)
     if not 0 <= k <= m: raise ValueError(f"cannot keep k={k} of {m} scores")
     if k == m: return torch.ones(m, dtype=torch.bool, device=scores.device)
     if k == 0: return torch.zeros(m, dtype=torch.bool, device=scores.device)
-    if torch.isnan(scores).any(): raise ValueError("saliency scores contain NaN; check the loss and the data")
+    if torch.isnan(scores.max()): raise ValueError("saliency scores contain NaN; check the loss and the data")  # max propagates NaN
+    if m >= _TOPK_MIN and scores.dtype in (torch.float32, torch.float64):
+        keep = _topk_bracketed(scores, k)
+        if keep is not None: return keep
     kth = scores.kthvalue(m - k + 1).values  # the k-th largest value
-    keep = scores > kth
-    missing = k - int(keep.sum())
-    ties = (scores == kth).nonzero().squeeze(1)[:missing]  # nonzero() is in index order
-    keep[ties] = True
+    keep = scores >= kth
+    extra = int(torch.count_nonzero(keep)) - k   # > 0 only when scores tie with the k-th largest
+    if extra > 0:
+        ties = (scores == kth).nonzero().squeeze(1)  # nonzero() is in index order
+        keep[ties[ties.numel() - extra:]] = False   # keep the lowest-index ties
     return keep
 
 # %% ../nbs/00_masks.ipynb #a983675c
@@ -206,6 +259,14 @@ def is_pruned(module:nn.Module) -> bool:
     "Whether `module` carries a `torch.nn.utils.prune` mask on its weight."
     return hasattr(module, 'weight_mask') and hasattr(module, 'weight_orig')
 
+def _in_place_of(mod:nn.Module, old:str, new:str, order:list):
+    "Move parameter `new` of `mod` to where `old` was in `order` (its parameter names before the change)."
+    want = [k2 for k2 in (new if k == old else k for k in order) if k2 in mod._parameters]
+    want += [k for k in mod._parameters if k not in want]
+    if want != list(mod._parameters):
+        items = [(k, mod._parameters.pop(k)) for k in want]
+        mod._parameters.update(items)
+
 def _apply(self:Masks, model:nn.Module, # the model to prune in place
           ) -> nn.Module:
     "Prune `model` in place with `torch.nn.utils.prune.custom_from_mask`; pruned weights stay 0 (and get 0 gradient) from now on."
@@ -222,7 +283,9 @@ def _apply(self:Masks, model:nn.Module, # the model to prune in place
         w = mod.weight
         mask = c.to(device=w.device, dtype=w.dtype)
         with torch.no_grad(): w.mul_(mask)
+        order = list(mod._parameters)
         prune.custom_from_mask(mod, 'weight', mask)
+        _in_place_of(mod, 'weight', 'weight_orig', order)   # `parameters()` keeps its order: optimizers index state by position
     return model
 
 def _remove(self:Masks, model:nn.Module, # a model pruned with `Masks.apply`
@@ -231,7 +294,11 @@ def _remove(self:Masks, model:nn.Module, # a model pruned with `Masks.apply`
     self.check(model)
     modules = dict(model.named_modules())
     for n in self.masks:
-        if is_pruned(modules[n]): prune.remove(modules[n], 'weight')
+        mod = modules[n]
+        if not is_pruned(mod): continue
+        order = list(mod._parameters)
+        prune.remove(mod, 'weight')
+        _in_place_of(mod, 'weight_orig', 'weight', order)
     return model
 
 def _from_model(cls, model:nn.Module, # a model carrying `torch.nn.utils.prune` masks

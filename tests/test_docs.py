@@ -6,7 +6,7 @@
 - no saved cell output contains a traceback;
 - internal links between notebooks (and their `#anchors`) resolve.
 """
-import ast, json, re, importlib
+import ast, json, re, importlib, warnings
 from pathlib import Path
 
 import pytest
@@ -126,7 +126,14 @@ def test_proc_nbs_runs_clean(tmp_path, monkeypatch):
     "nbdev's pre-Quarto processing (run by `nbdev-proc-nbs`; that command also tries to install Quarto, so call the step itself)."
     from nbdev.serve import proc_nbs
     monkeypatch.chdir(ROOT)
-    proc_nbs(path=str(NBS), n_workers=0, force=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        proc_nbs(path=str(NBS), n_workers=0, force=True)
+    # nbdev runs every cell that mixes imports with other code while it builds the docs (to resolve `show_doc`):
+    # a training cell written that way would train again on every docs build. Imports go in import-only cells.
+    mixed = [str(w.message).split('---')[1].strip().splitlines()[:3] for w in caught
+             if 'cells containing imports and other code' in str(w.message)]
+    assert not mixed, f"cells mixing imports with other code (split the imports into a cell of their own): {mixed}"
     proc = ROOT / '_proc'
     for nb in _notebooks():
         assert (proc / nb.relative_to(ROOT)).exists() or (proc / nb.relative_to(NBS)).exists(), f"{nb.name} was not processed"

@@ -1,0 +1,502 @@
+"""How much pruning at initialization costs over the passes it cannot avoid, measured side by side in one process.
+
+Run it (the numbers in `benchmarks/results/cpu.json` and on the docs' Performance page come from this command):
+
+    OMP_NUM_THREADS=1 python benchmarks/pruning_speed.py --threads 1 --repeats 3 --other-models resnet50 --out benchmarks/results/cpu.json
+
+(18 minutes on the 2-core machine of the results; `--other-models resnet50` runs the methods other than FORCE on
+ResNet-50 only, the model where the per-weight work weighs most; without it they also run on the other two models,
+about 15 minutes more),
+
+and `python benchmarks/pruning_speed.py --quick` for a smoke run of a few seconds (what `tests/test_benchmark.py` runs).
+
+What is measured (every ratio has its two sides timed alternately in this process, ABAB..., after one untimed warm-up
+of each side, and is the median of the method's times over the median of the floor's times):
+
+1. **Overhead over the floor.** `prune_at_init(method, steps=T, batches_per_step=B)` against the work no implementation
+   can skip: T x B forward + `loss.backward()` passes of the same dense model on the same batches, on the same device,
+   in the same mode (`saliency_mode(model, bn_mode)`: dropout off, BatchNorm in `bn_mode`), with every parameter's
+   gradient computed, as a training step does. One-shot `snip` and `grasp` are timed against B passes (GRASP's
+   Hessian-gradient product costs a second, double backward: expect 2-3x). Data-free `synflow` is timed against its own
+   floor: T forward + backward passes of one all-ones input through a float64 copy of the model.
+2. **Memory.** Peak memory growth of `prune_at_init` over that of one dense forward + backward, each in a fresh
+   subprocess, over a baseline taken after the model and the batches are built (CPU: the peak resident set size, reset
+   through `/proc/self/clear_refs` and read with `resource.getrusage`; GPU: `torch.cuda.max_memory_allocated`).
+3. **Training.** Seconds per epoch of a `vision_learner` ResNet-18 on the digits with `ForceCallback` (the mask is
+   applied by `torch.nn.utils.prune`: one multiply per prunable layer and forward) over the same learner without it;
+   the one-off pruning at `before_fit` is not in the epoch time.
+4. **Scaling.** FORCE's time as T doubles (one model), and as the model grows (the FORCE rows).
+
+Models: `vgg19` is the usual CIFAR variant of VGG19-BN (torchvision's `vgg19_bn().features`, then
+`AdaptiveAvgPool2d(1)` and `Linear(512, 10)`: torchvision's own 25088->4096 classifier is meant for 224 px inputs);
+`resnet50` and `resnet18` are torchvision's with `num_classes=10`, fed 3x32x32 inputs unchanged (CIFAR size); all three
+get Gaussian inputs with random labels (the content of a batch does not change the cost of a dense pass).
+`resnet18_learner` is fastai's `vision_learner(digits_dls(size=64), resnet18, pretrained=False)` on real 64x64 digits.
+`tiny` is a three-layer CNN on 3x16x16 for `--quick`.
+
+Where the time went before the top-k fix (torch.profiler, FORCE, ResNet-50 at CIFAR size, batch 64, T=5, 1 thread, on the 2-core machine
+under the load of other jobs; 23.5M prunable weights):
+
+- the dense forward + backward is the floor: `convolution_backward` + `mkldnn_convolution` + batch norm ~ 4.6 s of 9.6 s;
+- **the global top-k is the rest**: `topk_mask` costs 0.7-1.5 s a step, about as much as a whole pass (0.6-1.4 s):
+  `kthvalue` over the 23.5M scores (0.4-0.9 s; it sorts a copy of the scores and writes int64 indices, `copy_` 0.19 s),
+  `int(keep.sum())` (a bool sum converts to int64 first: 0.19 s, against 0.01 s for `torch.count_nonzero`), the
+  `isnan(scores).any()` check (0.06-0.1 s) and the tie search `(scores == kth).nonzero()` (0.15-0.2 s), which always
+  runs, because only k-1 scores are strictly greater than the k-th largest;
+- `torch.cat` of the per-layer scores into the flat vector: 0.08 s a step (a fresh 94 MB buffer, page-faulted in);
+- the mask multiply theta * c (bool -> float promotion) and theta * grad: ~0.06 s each a step; `functional_call`
+  itself is negligible (< 5 ms);
+- `MaskedLoss.grads` differentiates the prunable weights only (no BatchNorm / bias gradients), which is why FORCE's
+  backward is slightly cheaper than the floor's.
+
+The top-k is fixed (`force_edu.masks.topk_mask`, same masks): the k-th largest score is bracketed between two order
+statistics of a fixed-seed sample of 2^16 scores, selected (`kthvalue`) among the few scores inside the bracket only,
+counts use `count_nonzero`, the tie search runs only when there are ties, the NaN check is `isnan(scores.max())`, and
+the indices of a sparse boolean mask are found 8 entries (one int64 word) at a time. `benchmarks/topk_speed.py`, on
+23.5M scores, the same machine, 1 thread: 0.41-0.60 s before, 0.09-0.14 s after (4-5x; FORCE-like, iter_snip-like
+with -inf, and massively tied scores alike; `benchmarks/results/topk_cpu.json`).
+
+Profile after the fix (FORCE, ResNet-50, T=3, quiet machine): 0.86 s a step, of which the passes 0.60 s; top-k 0.12 s;
+`torch.cat` of the scores 0.045 s (`_Job.flat`, force_edu.methods); the mask and saliency multiplies ~0.05 s; copies
+and `div_` by the batch count (also when it is 1) ~0.03 s (`MaskedLoss.grads`, force_edu.sensitivity).
+
+Results (`benchmarks/results/cpu.json`, 2 Xeon cores shared with other jobs, 1 thread, load ~1.5-2):
+
+- FORCE over its 20 passes: VGG19 1.21, ResNet-50 1.42, resnet18 learner (64 px) 1.17; iter_snip 1.48, grasp_it 1.34,
+  SNIP 1.22 (ResNet-50). The 1.10 target is **not met** on CPU at CIFAR size: a step costs ~0.25 s over the floor for
+  20-24M weights, nearly all of it per-weight work (top-k, cat, multiplies: ~10 passes over m floats), and a pass over
+  a 32x32 input is cheap next to the weight count (0.6 s for ResNet-50). The overhead follows m, not the pass: it is
+  smallest where the activations are large (VGG19, the 64 px learner).
+- GRASP 4.1x one pass: its gradient (1 pass) plus Hg (a forward and a double backward, ~3 passes), as expected.
+- SynFlow 6.4x its floor: the floor is one float64 sample (0.09 s a step), the per-weight float64 work is ~0.5 s a step.
+- Memory: 1.5 (VGG19, the learner, SNIP), 2.3 (FORCE, iter_snip, grasp_it on ResNet-50), 3.1 GRASP, 5.0 SynFlow; the
+  1.25 target is **not met**: for ResNet-50 a dense pass grows by ~230 MB (gradients 94 MB + activations), and
+  pruning holds about four more weight-sized buffers (theta * c, the gradients, the per-layer saliencies and their
+  concatenation, 94 MB each) plus top-k's boolean temporaries.
+- Training with `ForceCallback`: 1.065 s/epoch ratio (target 1.05, **just missed**; `torch.nn.utils.prune` recomputes
+  weight_orig * mask at every forward and back-propagates through it).
+- Scaling: linear in T (0.31-0.35 s a step for T = 5...80 on ResNet-18 at 32 px, one timing each), and linear in the
+  number of weights m, not in the pass cost.
+
+Suggestions outside this file's scope (force_edu.methods / force_edu.sensitivity / force_edu.callback, not changed
+here): write the saliencies `(t * g).abs_()` straight into slices of one preallocated flat buffer (no `torch.cat`: a
+copy and 94 MB less), compute them in place in the gradients, skip `div_(n)` when n == 1, apply the mask with a float
+mask or `torch.where`, and in training mask the weights after each optimizer step instead of at every forward.
+
+Threads: `--threads 1` on a 2-core machine shared with other jobs: with 2 OpenMP threads and a load of ~8, a ResNet-50
+pass took 12-14 s against 1.4 s with one thread (OpenMP barriers wait on descheduled threads). The thread count is
+printed and stored with the results.
+"""
+from __future__ import annotations
+import gc, json, math, os, platform, statistics, subprocess, sys, time, warnings
+from collections import OrderedDict
+from pathlib import Path
+
+warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from fastcore.script import call_parse
+
+HERE = Path(__file__).resolve().parent
+METHOD_NAMES = ('force', 'iter_snip', 'grasp_it', 'synflow', 'snip', 'grasp')
+MODEL_NAMES = ('vgg19', 'resnet50', 'resnet18', 'resnet18_learner', 'tiny')
+
+# ---------------------------------------------------------------------------------------------------------- models
+def vgg19_cifar(num_classes:int=10) -> nn.Module:
+    "The CIFAR variant of VGG19-BN: torchvision's `vgg19_bn().features`, global average pooling, one `Linear(512, n)`."
+    from torchvision.models import vgg19_bn
+    return nn.Sequential(OrderedDict(features=vgg19_bn().features, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     classifier=nn.Linear(512, num_classes)))
+
+def tiny_cnn(num_classes:int=10) -> nn.Module:
+    "A three-layer CNN for smoke runs."
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+def _digits_batches(size, bs, n, device):
+    "`n` training batches of the digits at `size` px, as plain tensors (fastai's subclasses unwrapped)."
+    from force_edu.data import digits_dls
+    from force_edu.methods import repeat_batches
+    dls = digits_dls(size=size, bs=bs, device=device)
+    return dls, [tuple(t.as_subclass(Tensor) for t in b) for b in repeat_batches(dls.train, n)]
+
+def build(name:str, batch_size:int, n_batches:int, device:str, seed:int=0):
+    "`(model, batches, input_shape)` for benchmark model `name`, the model in train mode on `device`."
+    torch.manual_seed(seed)
+    if name == 'resnet18_learner':
+        from fastai.vision.learner import vision_learner
+        from torchvision.models import resnet18
+        dls, batches = _digits_batches(64, batch_size, n_batches, device)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            model = vision_learner(dls, resnet18, pretrained=False).model
+        return model.to(device), batches, (3, 64, 64)
+    if name == 'vgg19': model, shape = vgg19_cifar(), (3, 32, 32)
+    elif name == 'resnet50':
+        from torchvision.models import resnet50
+        model, shape = resnet50(num_classes=10), (3, 32, 32)
+    elif name == 'resnet18':
+        from torchvision.models import resnet18
+        model, shape = resnet18(num_classes=10), (3, 32, 32)
+    elif name == 'tiny': model, shape = tiny_cnn(), (3, 16, 16)
+    else: raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    g = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn((batch_size,) + shape, generator=g).to(device),
+                torch.randint(0, 10, (batch_size,), generator=g).to(device)) for _ in range(n_batches)]
+    return model.to(device), batches, shape
+
+def n_params(model) -> int:
+    from force_edu.masks import prunable_layers
+    return sum(l.weight.numel() for l in prunable_layers(model).values())
+
+# ---------------------------------------------------------------------------------------------------------- the two sides
+def _sync(device):
+    if str(device).startswith('cuda'): torch.cuda.synchronize()
+
+def dense_passes(model, batches, bn_mode='eval', loss_func=F.cross_entropy):
+    "The floor: forward + `loss.backward()` (all parameter gradients) on each batch, in the mode saliencies use."
+    from force_edu.sensitivity import saliency_mode
+    with saliency_mode(model, bn_mode), torch.enable_grad():
+        for x, y in batches:
+            model.zero_grad(set_to_none=True)
+            loss_func(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+
+def synflow_floor(model64, input_shape, steps, device):
+    "SynFlow's floor: `steps` forward + backward passes of one all-ones float64 input through a float64 model."
+    x = torch.ones((1,) + tuple(input_shape), dtype=torch.float64, device=device)
+    from force_edu.sensitivity import saliency_mode
+    with saliency_mode(model64, 'eval'), torch.enable_grad():
+        for _ in range(steps):
+            model64.zero_grad(set_to_none=True)
+            model64(x).sum().backward()
+    model64.zero_grad(set_to_none=True)
+
+def _prune(model, batches, method, steps, bpe, sparsity, bn_mode, input_shape):
+    from force_edu.methods import prune_at_init, get_method
+    meth = get_method(method)
+    if not meth.uses_data:
+        return prune_at_init(model, None, sparsity, method, steps=steps, bn_mode=bn_mode, input_shape=input_shape)
+    if not meth.iterative: steps = 1
+    return prune_at_init(model, batches, sparsity, method, steps=steps, batches_per_step=bpe, bn_mode=bn_mode)
+
+def floor_batches(method, batches, steps, bpe):
+    "The batches `method` consumes: T x B for the iterative methods, B for the one-shot ones."
+    from force_edu.methods import get_method
+    return batches[:(steps if get_method(method).iterative else 1) * bpe]
+
+def _timed(f, device):
+    gc.collect(); _sync(device)
+    t = time.perf_counter(); f(); _sync(device)
+    return time.perf_counter() - t
+
+def side_by_side(a, b, repeats:int, device) -> tuple[list[float], list[float]]:
+    "Time `a` and `b` alternately (a b, b a, a b, ...) after one untimed warm-up of each; the lists of seconds."
+    a(); b()
+    ta, tb = [], []
+    for r in range(repeats):
+        if r % 2 == 0: ta.append(_timed(a, device)); tb.append(_timed(b, device))
+        else: tb.append(_timed(b, device)); ta.append(_timed(a, device))
+    return ta, tb
+
+def _median(xs): return statistics.median(xs) if xs else None
+
+# ---------------------------------------------------------------------------------------------------------- memory
+def _rss_kb():
+    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+
+def _peak_kb():
+    "Peak resident set size of this process in KB: `VmHWM` (what `clear_refs` resets), else `getrusage`."
+    try:
+        with open('/proc/self/status') as f: return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:'))
+    except (OSError, StopIteration):   # `ru_maxrss` also counts the parent's RSS at fork, before exec: a fallback only
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r // 1024 if sys.platform == 'darwin' else r
+
+def _trim():
+    "Hand the memory glibc keeps after `free` back to the OS, so that the next peak is counted from the real baseline."
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass
+
+def mem_child(spec:dict) -> dict:
+    "Run in a fresh process: build the model and batches, then one dense forward+backward or one `prune_at_init`; peak growth in MB."
+    torch.set_num_threads(spec['threads'])
+    import force_edu.methods, force_edu.sensitivity  # imported before the baseline, as in the parent
+    device = spec['device']
+    model, batches, shape = build(spec['model'], spec['batch_size'], spec['n_batches'], device)
+    if spec['what'] == 'dense': run = lambda: dense_passes(model, batches[:1], spec['bn_mode'])
+    else: run = lambda: _prune(model, batches, spec['what'], spec['steps'], spec['bpe'], spec['sparsity'], spec['bn_mode'], shape)
+    x, y = batches[0]
+    dense_passes(model, [(x, y)], spec["bn_mode"])   # load the kernels once: not part of either peak
+    gc.collect(); _trim()
+    if device.startswith('cuda'):
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run(); torch.cuda.synchronize()
+        return dict(peak_mb=(torch.cuda.max_memory_allocated() - base) / 2**20, how='torch.cuda.max_memory_allocated')
+    base = _rss_kb()
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')   # reset the peak RSS to the current RSS
+        how = 'peak RSS (VmHWM) after a clear_refs reset'
+    except OSError: how = 'peak RSS, not reset'
+    run()
+    return dict(peak_mb=(_peak_kb() - base) / 1024, how=how)
+
+_CHILD = ("import sys, json; sys.path.insert(0, {d!r}); import pruning_speed as b; "
+          "print('@@' + json.dumps(b.mem_child(json.loads(sys.argv[1]))))")
+
+def mem_in_subprocess(spec:dict, wait=True):
+    "Start `mem_child(spec)` in a fresh Python; the parsed result (or the `Popen` when `wait=False`)."
+    p = subprocess.Popen([sys.executable, '-c', _CHILD.format(d=str(HERE)), json.dumps(spec)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    return _mem_result(p) if wait else p
+
+def _mem_result(p):
+    out, err = p.communicate(timeout=1800)
+    line = next((l for l in out.splitlines() if l.startswith('@@')), None)
+    if p.returncode or line is None: raise RuntimeError(f"memory child failed ({p.returncode}):\n{err[-3000:]}")
+    return json.loads(line[2:])
+
+# ---------------------------------------------------------------------------------------------------------- training
+def measure_training(arch:str, size:int, bs:int, repeats:int, sparsity:float, steps:int, device:str, valid_pct:float=0.2) -> dict:
+    "Seconds per epoch of a digits learner with `ForceCallback` against the same learner without it, alternately."
+    from fastai.callback.core import Callback
+    from fastai.callback.progress import ProgressCallback  # noqa: F401 (patches `Learner.no_bar`)
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.vision.learner import vision_learner
+    from torchvision.models import resnet18
+    from force_edu.data import digits_dls
+    try:
+        from force_edu.callback import ForceCallback
+        how = f'ForceCallback({sparsity}, steps={steps})'
+    except ImportError: ForceCallback, how = None, f'Masks.apply (force_edu.callback not importable), force steps={steps}'
+
+    class EpochTimer(Callback):
+        order = 100
+        def __init__(self): self.times = []
+        def before_epoch(self): _sync(device); self.t0 = time.perf_counter()
+        def after_epoch(self): _sync(device); self.times.append(time.perf_counter() - self.t0)
+
+    def make(cbs):
+        torch.manual_seed(0)
+        dls = digits_dls(valid_pct=valid_pct, size=size, bs=bs, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            if arch == 'tiny': return Learner(dls, tiny_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
+            return vision_learner(dls, resnet18, pretrained=False, cbs=cbs)
+
+    dense_t, masked_t = EpochTimer(), EpochTimer()
+    dense = make([dense_t])
+    if ForceCallback is not None:
+        masked = make([ForceCallback(sparsity, steps=steps, progress=False, verbose=False), masked_t])
+    else:
+        from force_edu.methods import prune_at_init, repeat_batches
+        masked = make([masked_t])
+        b = [tuple(t.as_subclass(Tensor) for t in x) for x in repeat_batches(masked.dls.train, steps)]
+        prune_at_init(masked.model, b, sparsity, 'force', steps=steps).apply(masked.model)
+
+    def epoch(learn):
+        def f():
+            with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+        return f
+    side_by_side(epoch(masked), epoch(dense), repeats, device)
+    m, d = masked_t.times[1:], dense_t.times[1:]   # the first epoch of each is the warm-up
+    return dict(method='ForceCallback (training)', model=f"{'resnet18_learner' if arch != 'tiny' else 'tiny'} (digits {size}px)",
+                how=how, epochs=repeats, masked_epoch_s=m, dense_epoch_s=d, masked_s=_median(m), dense_s=_median(d),
+                ratio=_median(m) / _median(d), batches_per_epoch=len(dense.dls.train))
+
+# ---------------------------------------------------------------------------------------------------------- scaling
+def measure_scaling(model_name, steps_list, batch_size, bpe, sparsity, bn_mode, device) -> list[dict]:
+    "FORCE's time at each T of `steps_list` (one timing each, alternating with the floor)."
+    from force_edu.methods import prune_at_init
+    model, batches, _ = build(model_name, batch_size, max(steps_list) * bpe, device)
+    prune_at_init(model, batches, sparsity, 'force', steps=min(steps_list), batches_per_step=bpe, bn_mode=bn_mode)  # warm-up
+    dense_passes(model, batches[:min(steps_list) * bpe], bn_mode)
+    rows = []
+    for i, T in enumerate(steps_list):
+        f = lambda: prune_at_init(model, batches, sparsity, 'force', steps=T, batches_per_step=bpe, bn_mode=bn_mode)
+        d = lambda: dense_passes(model, batches[:T * bpe], bn_mode)
+        if i % 2 == 0: tf = _timed(f, device); td = _timed(d, device)
+        else: td = _timed(d, device); tf = _timed(f, device)
+        rows.append(dict(model=model_name, steps=T, batches_per_step=bpe, force_s=tf, floor_s=td, ratio=tf / td,
+                         force_per_step_s=tf / T, floor_per_pass_s=td / (T * bpe)))
+    return rows
+
+# ---------------------------------------------------------------------------------------------------------- main
+def machine_info(device) -> dict:
+    cpu = platform.processor()
+    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): pass
+    info = dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__, cpu=cpu,
+                cpu_count=os.cpu_count(), threads=torch.get_num_threads(), device=str(device))
+    try: info['loadavg_start'] = os.getloadavg()
+    except OSError: pass
+    if str(device).startswith('cuda'): info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+def _fmt(v, width:int, spec:str='') -> str:
+    "`v` formatted with `spec`, right-aligned in `width` columns; '-' for `None`."
+    return f"{'-' if v is None else format(v, spec):>{width}}"
+
+def format_table(rows:list[dict]) -> str:
+    "The one printed table: method, model, device, ratio, memory ratio (and the medians behind them)."
+    head = f"{'method':<26} {'model':<28} {'device':<6} {'T':>3} {'B':>2} {'floor s':>8} {'method s':>9} {'ratio':>6} {'mem ratio':>9}"
+    lines = [head, '-' * len(head)]
+    for r in rows:
+        lines.append(f"{r['method']:<26} {r['model']:<28} {r.get('device', ''):<6} {_fmt(r.get('steps'), 3)} "
+                     f"{_fmt(r.get('batches_per_step'), 2)} {_fmt(r.get('floor_s'), 8, '.3f')} {_fmt(r.get('method_s'), 9, '.3f')} "
+                     f"{_fmt(r.get('ratio'), 6, '.2f')} {_fmt(r.get('mem_ratio'), 9, '.2f')}")
+    return '\n'.join(lines)
+
+def _split(s): return [x.strip() for x in str(s).split(',') if x.strip()]
+
+@call_parse
+def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models (vgg19, resnet50, resnet18, resnet18_learner, tiny)
+         methods:str='force,iter_snip,grasp_it,synflow,snip,grasp', # comma-separated methods
+         other_models:str=None, # models on which the methods other than force run (default: all of --models)
+         steps:int=20, # pruning steps T of the iterative methods
+         batches_per_step:int=1, # B: batches averaged at each step
+         batch_size:int=64, # batch size
+         sparsity:float=0.99, # fraction of prunable weights removed
+         repeats:int=3, # timed repeats of each side (after one warm-up); medians are reported
+         device:str='cpu', # 'cpu' or 'cuda'
+         threads:int=0, # torch CPU threads (0: leave torch's default)
+         bn_mode:str='eval', # BatchNorm mode of the saliencies, and of the floor
+         mem_steps:int=3, # pruning steps of the memory measurement (the peak does not grow with T)
+         scale_model:str='resnet18', # model of the T-scaling table
+         scale_steps:str='5,10,20,40,80', # the T of the scaling table
+         no_memory:bool=False, # skip the memory measurements
+         no_training:bool=False, # skip the training-overhead measurement
+         no_scaling:bool=False, # skip the scaling table
+         out:str='benchmarks/results/cpu.json', # where the JSON goes
+         quick:bool=False, # a smoke run of a few seconds on a tiny model
+        ):
+    "Time pruning at initialization against the dense passes it needs; print one table and write it as JSON."
+    if quick:
+        models, other_models, steps, batch_size, repeats, mem_steps = 'tiny', None, 3, 16, 1, 2
+        threads = threads or 1
+        scale_model, scale_steps = 'tiny', '2,4'
+    if threads: torch.set_num_threads(threads)
+    models, methods = _split(models), _split(methods)
+    others = _split(other_models) if other_models else models
+    for m in models + others + ([] if no_scaling else [scale_model]):
+        if m not in MODEL_NAMES: raise SystemExit(f"unknown model {m!r}; known: {', '.join(MODEL_NAMES)}")
+    from force_edu.methods import get_method
+    for m in methods: get_method(m)
+    t_start = time.perf_counter()
+    info = machine_info(device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}, {info['cpu']} "
+          f"({info['cpu_count']} cores), load {info.get('loadavg_start')}", flush=True)
+    rows, plans, phases = [], {}, {}
+    tick = time.perf_counter()
+    def phase(name):
+        nonlocal tick
+        now = time.perf_counter(); phases[name] = round(now - tick, 1); tick = now
+    for name in dict.fromkeys(models + others):
+        meths = [m for m in methods if (m == 'force' and name in models) or (m != 'force' and name in others)]
+        if not meths: continue
+        model, batches, shape = build(name, batch_size, steps * batches_per_step, device)
+        P = n_params(model)
+        plans[name] = (meths, shape)
+        for meth in meths:
+            info_m = get_method(meth)
+            T = steps if info_m.iterative else 1
+            if meth == 'synflow':
+                import copy
+                m64 = copy.deepcopy(model).double()
+                floor = lambda: synflow_floor(m64, shape, T, device)
+                floor_desc = f'{T} fwd+bwd of one float64 all-ones input'
+            else:
+                fb = floor_batches(meth, batches, steps, batches_per_step)
+                floor = lambda fb=fb: dense_passes(model, fb, bn_mode)
+                floor_desc = f'{len(fb)} dense fwd+bwd passes'
+            prune = lambda meth=meth: _prune(model, batches, meth, steps, batches_per_step, sparsity, bn_mode, shape)
+            tp, tf = side_by_side(prune, floor, repeats, device)
+            row = dict(method=meth, model=name, device=device, threads=torch.get_num_threads(), steps=T,
+                       batches_per_step=batches_per_step if info_m.uses_data else None, batch_size=batch_size,
+                       prunable_weights=P, sparsity=sparsity, floor=floor_desc, floor_runs=tf, method_runs=tp,
+                       floor_s=_median(tf), method_s=_median(tp), ratio=_median(tp) / _median(tf),
+                       per_step_overhead_s=(_median(tp) - _median(tf)) / T, mem_ratio=None)
+            rows.append(row)
+            print(f"  {meth:<10} {name:<18} method {row['method_s']:.3f} s  floor {row['floor_s']:.3f} s  "
+                  f"ratio {row['ratio']:.2f}", flush=True)
+            if meth == 'synflow': del m64
+        del model, batches; gc.collect()
+    phase('timing')
+
+    if not no_memory:
+        specs = []
+        for name, (meths, shape) in plans.items():
+            base = dict(model=name, device=device, threads=torch.get_num_threads(), batch_size=batch_size, bn_mode=bn_mode,
+                        bpe=batches_per_step, sparsity=sparsity, steps=mem_steps, n_batches=mem_steps * batches_per_step)
+            specs += [dict(base, what=w) for w in ['dense'] + (meths[:1] if quick else meths)]  # --quick: the first method only
+        if quick: res = [_mem_result(p) for p in [mem_in_subprocess(s, wait=False) for s in specs]]  # no timing here
+        else: res = [mem_in_subprocess(s) for s in specs]
+        dense = {s['model']: r for s, r in zip(specs, res) if s['what'] == 'dense'}
+        for s, r in zip(specs, res):
+            if s['what'] == 'dense': continue
+            row = next(x for x in rows if x['model'] == s['model'] and x['method'] == s['what'])
+            d = dense[s['model']]['peak_mb']
+            row.update(mem_method_mb=r['peak_mb'], mem_dense_mb=d, mem_ratio=r['peak_mb'] / d, mem_how=r['how'],
+                       mem_steps=mem_steps)
+            print(f"  memory {s['what']:<10} {s['model']:<18} {r['peak_mb']:.0f} MB over dense {d:.0f} MB", flush=True)
+        phase('memory')
+
+    training = None
+    if not no_training:
+        training = measure_training('tiny' if quick else 'resnet18', 8 if quick else 64, 64, max(repeats, 1), sparsity,
+                                    2 if quick else 5, device, valid_pct=0.9 if quick else 0.2)
+        print(f"  training: {training['masked_s']:.2f} s/epoch with the mask, {training['dense_s']:.2f} s without: "
+              f"ratio {training['ratio']:.3f}", flush=True)
+        rows.append(dict(method=training['method'], model=training['model'], device=device, threads=torch.get_num_threads(),
+                         steps=None, batches_per_step=None, floor='the same learner without the callback, s/epoch',
+                         floor_s=training['dense_s'], method_s=training['masked_s'], ratio=training['ratio'], mem_ratio=None))
+        phase('training')
+
+    scaling = None
+    if not no_scaling:
+        scaling = measure_scaling(scale_model, [int(s) for s in _split(scale_steps)], batch_size, batches_per_step,
+                                  sparsity, bn_mode, device)
+        phase('scaling')
+    by_model = [dict(model=r['model'], prunable_weights=r['prunable_weights'], floor_per_pass_s=r['floor_s'] / (r['steps'] * r['batches_per_step']),
+                     force_per_step_s=r['method_s'] / r['steps'], ratio=r['ratio'])
+                for r in rows if r['method'] == 'force']
+    if scaling:
+        s = next((r for r in scaling if r['steps'] == steps), None)
+        if s and s['model'] not in [r['model'] for r in by_model]:
+            by_model.insert(0, dict(model=s['model'], prunable_weights=None, floor_per_pass_s=s['floor_per_pass_s'],
+                                    force_per_step_s=s['force_per_step_s'], ratio=s['ratio']))
+
+    info['loadavg_end'] = os.getloadavg() if hasattr(os, 'getloadavg') else None
+    info['seconds'] = time.perf_counter() - t_start
+    info['phase_seconds'] = phases
+    argv = [a for a in sys.argv[1:]]
+    result = dict(machine=info, command='python benchmarks/pruning_speed.py ' + ' '.join(argv),
+                  config=dict(models=models, methods=methods, other_models=others, steps=steps,
+                              batches_per_step=batches_per_step, batch_size=batch_size, sparsity=sparsity, repeats=repeats,
+                              bn_mode=bn_mode, mem_steps=mem_steps, quick=quick),
+                  rows=rows, training=training, scaling=dict(steps=scaling, models=by_model))
+    print()
+    print(format_table(rows))
+    if scaling:
+        print(f"\nScaling with T ({scale_model}, B={batches_per_step}):")
+        for r in scaling:
+            print(f"  T={r['steps']:>3}  force {r['force_s']:8.2f} s ({r['force_per_step_s']:.3f} s/step)  "
+                  f"floor {r['floor_s']:8.2f} s  ratio {r['ratio']:.2f}")
+    if by_model:
+        print("\nScaling with the model (FORCE):")
+        for r in by_model:
+            print(f"  {r['model']:<18} floor {r['floor_per_pass_s']:.3f} s/pass  force {r['force_per_step_s']:.3f} s/step  "
+                  f"ratio {r['ratio']:.2f}")
+    if out:
+        out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + '\n')
+        print(f"\nwrote {out} ({info['seconds']:.0f} s)")
+    return result
