@@ -137,3 +137,15 @@ def test_proc_nbs_runs_clean(tmp_path, monkeypatch):
     proc = ROOT / '_proc'
     for nb in _notebooks():
         assert (proc / nb.relative_to(ROOT)).exists() or (proc / nb.relative_to(NBS)).exists(), f"{nb.name} was not processed"
+
+
+@pytest.mark.parametrize('nb', _notebooks(), ids=lambda p: str(p.relative_to(NBS)))
+def test_every_exported_symbol_has_show_doc(nb):
+    "The reference: every public function and class a notebook exports (its module's `__all__`, constants aside) is documented there."
+    cells = _cells(nb)
+    mod = _default_exp(cells)
+    if not mod: return
+    names = getattr(importlib.import_module(f'force_edu.{mod}'), '__all__', [])
+    shown = {t.split('.')[0] if t.split('.')[0] in names and '.' not in t else t for t in _show_doc_targets(cells)}
+    missing = [n for n in names if not n.isupper() and n not in shown]
+    assert not missing, f"{nb.name}: exported but no show_doc: {missing}"
