@@ -192,15 +192,16 @@ class ForceCallback(PruneAtInitCallback):
                  steps:int|None=None, # pruning steps $T$; `None`: 300, the paper's CIFAR-10 setting (use 10-20 on a CPU)
                  mode:str='exp', # sparsity schedule: 'exp' (eq. 9, the paper's default) or 'linear' (eq. 8)
                  batches_per_step:int=1, # training batches averaged at each step
+                 method:str='force', # FORCE; any other key of `METHODS` (e.g. 'iter_snip') is pruned with these defaults instead
                  bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' or 'eval'; `prune_at_init`'s default
                  loss_func:Callable|None=None, # saliency loss; `None`: `learn.loss_func`
-                 seed:int|None=None, # unused by FORCE (deterministic given the batches); kept for a uniform signature
+                 seed:int|None=None, # seed of the random method (FORCE itself is deterministic given the batches)
                  layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
                  progress:bool=True, # show a `fastprogress` bar over the pruning steps
                  verbose:bool=True, # print the one-line summary
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step
                 ):
-        super().__init__(sparsity, 'force', steps, mode, batches_per_step, bn_mode, loss_func, seed, layer_types,
+        super().__init__(sparsity, method, steps, mode, batches_per_step, bn_mode, loss_func, seed, layer_types,
                          progress, verbose, on_step)
 
 # %% ../nbs/04_callback.ipynb #cc7c4c6c

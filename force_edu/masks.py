@@ -129,13 +129,27 @@ def topk_mask(scores:Tensor, # saliency of every weight, any shape (flattened)
 # %% ../nbs/00_masks.ipynb #a983675c
 def _fmt_shape(s): return '×'.join(str(d) for d in s)
 
+def _as_mask(name:str, c) -> Tensor:
+    "`c` as a boolean CPU tensor; a `ValueError` naming layer `name` if it holds a value other than 0/1 (False/True)."
+    t = torch.as_tensor(c).detach()
+    if t.dtype != torch.bool:
+        bad = (t != 0) & (t != 1)   # NaN is bad too
+        n_bad = int(torch.count_nonzero(bad))
+        if n_bad:
+            v = t[bad].reshape(-1)[0].item()
+            v = f"{v:.6g}" if isinstance(v, float) else repr(v)
+            raise ValueError(f"the mask of layer {name!r} holds values other than 0 and 1 ({n_bad} of {t.numel()}, e.g. {v}); "
+                             f"pass a boolean tensor (True: the weight is kept) or 0/1 values, e.g. `scores > threshold`, "
+                             f"or keep the top k of saliency scores with `masks_from_scores(scores, k)`")
+    return t.to('cpu', torch.bool)
+
 class Masks(Mapping):
     "One boolean mask per prunable layer (the paper's $c$, split by layer), keyed by the layer's qualified name."
     def __init__(self,
-                 masks:Mapping[str, Tensor], # layer name -> boolean tensor shaped like that layer's weight
+                 masks:Mapping[str, Tensor], # layer name -> boolean (or 0/1) tensor shaped like that layer's weight
                 ):
         if not masks: raise ValueError("Masks needs at least one layer")
-        self.masks = {str(n): torch.as_tensor(c).detach().to('cpu', torch.bool) for n, c in masks.items()}
+        self.masks = {str(n): _as_mask(str(n), c) for n, c in masks.items()}
 
     def __getitem__(self, name): return self.masks[name]
     def __iter__(self): return iter(self.masks)
@@ -255,7 +269,8 @@ def _check_fits(self:Masks, model:nn.Module):
         raise ValueError(f"these masks do not fit {type(model).__name__} ({'; '.join(problems[:5])}"
                          f"{'; ...' if len(problems) > 5 else ''}); were they computed for another architecture?")
 
-def is_pruned(module:nn.Module) -> bool:
+def is_pruned(module:nn.Module, # any module, e.g. a value of `prunable_layers(model)`
+             ) -> bool:
     "Whether `module` carries a `torch.nn.utils.prune` mask on its weight."
     return hasattr(module, 'weight_mask') and hasattr(module, 'weight_orig')
 

@@ -7,6 +7,7 @@ Docs: https://force-edu.github.io/force_edu/methods.html.md"""
 # %% ../nbs/02_methods.ipynb #065f7964
 from __future__ import annotations
 import math, numbers, os, time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 
@@ -91,7 +92,8 @@ def register_method(name:str, # registry key
         return run
     return _inner
 
-def get_method(name:str) -> PruningMethod:
+def get_method(name:str, # a key of `METHODS`, e.g. 'force'
+              ) -> PruningMethod:
     "The registered method called `name`; the error lists the known ones."
     if name not in METHODS:
         raise ValueError(f"unknown pruning method {name!r}; known methods: {', '.join(METHODS)}")
@@ -100,9 +102,21 @@ def get_method(name:str) -> PruningMethod:
 # %% ../nbs/02_methods.ipynb #bff89d65
 class PruningJob:
     "Validated inputs of one `prune_at_init` call, and the helpers every method shares."
-    def __init__(self, model, batches, sparsity, method='force', steps=None, mode='exp', batches_per_step=1,
-                 loss_func=F.cross_entropy, layer_types=PRUNABLE_TYPES, bn_mode='train', seed=None,
-                 progress=False, on_step=None, input_shape=None):
+    def __init__(self, model:nn.Module, # the network at initialisation (never modified)
+                 batches:Iterable|None, # (x, y) batches, consumed once in order (`None` for data-free methods)
+                 sparsity:float, # fraction of prunable weights to remove, in [0, 1)
+                 method:str='force', # a key of `METHODS`
+                 steps:int|None=None, # pruning steps $T$ (one-shot methods: batch groups averaged); `None`: the method's default
+                 mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
+                 batches_per_step:int=1, # batches whose gradients are averaged at each step
+                 loss_func:Callable=F.cross_entropy, # saliency loss `loss_func(output, target)`
+                 layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
+                 bn_mode:str='train', # BatchNorm during saliency: 'train' (batch statistics) or 'eval' (running statistics)
+                 seed:int|None=None, # seed of the random method
+                 progress:bool=False, # show a `fastprogress` bar over the steps
+                 on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
+                 input_shape:tuple|None=None, # input shape without the batch dimension (SynFlow without batches)
+                ):
         self.method = get_method(method)
         self.sparsity = check_sparsity(sparsity)
         if steps is None: steps = self.method.default_steps
@@ -257,6 +271,19 @@ def _synflow_saliency(job):
 def _synflow(job): return _progressive(job, _synflow_saliency(job), resurrect=False)
 
 # %% ../nbs/02_methods.ipynb #4eb79acd
+@contextmanager
+def _cudnn_deterministic(enabled:bool, # False: a no-op (the CPU path)
+                        ):
+    "Context manager: cuDNN deterministic and not autotuning while inside; the previous flags are restored on exit."
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    prev = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try: yield
+    finally: cudnn.deterministic, cudnn.benchmark = prev
+
 def prune_at_init(model:nn.Module, # the network at initialisation (not modified)
                   batches:Iterable|None, # (x, y) batches on any device: a DataLoader, a list, a generator
                   sparsity:float, # fraction of prunable weights to remove, in [0, 1) (0.99 keeps 1%)
@@ -277,14 +304,16 @@ def prune_at_init(model:nn.Module, # the network at initialisation (not modified
         job = PruningJob(model, batches, sparsity, method, steps, mode, batches_per_step, loss_func, layer_types,
                          bn_mode, seed, progress, on_step, input_shape)
         if job.k == job.m: return Masks.ones_like(model, layer_types)
-        with saliency_mode(model, bn_mode), torch.enable_grad():
+        on_cuda = any(t.is_cuda for t in job.theta)
+        with saliency_mode(model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda):
             flat = job.method.run(job)
     masks = Masks.from_flat(flat, job.loss.shapes)
     assert masks.kept == job.k, (masks.kept, job.k)
     return masks
 
 # %% ../nbs/02_methods.ipynb #6823d463
-def model_fingerprint(model:nn.Module) -> dict:
+def model_fingerprint(model:nn.Module, # the network to describe
+                     ) -> dict:
     "Everything `prune_at_init` promises not to change: tensors, flags, modes, hooks, gradients."
     return dict(state={k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
                 requires_grad={k: p.requires_grad for k, p in model.named_parameters()},
@@ -293,7 +322,9 @@ def model_fingerprint(model:nn.Module) -> dict:
                 hooks={n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for n, m in model.named_modules()},
                 param_ids={k: id(p) for k, p in model.named_parameters()})
 
-def same_fingerprint(a:dict, b:dict) -> bool:
+def same_fingerprint(a:dict, # a `model_fingerprint`
+                     b:dict, # another one
+                    ) -> bool:
     "Whether two `model_fingerprint`s are identical."
     if a.keys() != b.keys() or a['state'].keys() != b['state'].keys(): return False
     eq = lambda x, y: (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))

@@ -27,7 +27,8 @@ BN_MODES = ('train', 'eval')
 
 def _bn_layers(model): return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
-def check_bn_mode(bn_mode:str) -> str:
+def check_bn_mode(bn_mode:str, # the BatchNorm mode to validate: 'train' or 'eval'
+                 ) -> str:
     "Raise a `ValueError` unless `bn_mode` is 'train' or 'eval'."
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be 'train' (BatchNorm uses batch statistics, as the paper's code) "
@@ -53,7 +54,9 @@ def saliency_mode(model:nn.Module, # the network whose saliencies are computed
 def _plain(t):
     return t.as_subclass(Tensor) if isinstance(t, Tensor) and type(t) is not Tensor and not isinstance(t, nn.Parameter) else t
 
-def to_device(batch, device):
+def to_device(batch, # a tuple `(x, y)` or `(x1, ..., xn, y)` of tensors (fastai subclasses allowed)
+              device, # the `torch.device` (or its name) to move the tensors to
+             ):
     "Split a batch into `(inputs, target)` on `device`, with fastai tensor subclasses unwrapped."
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise ValueError(f"a batch must be a tuple (x, y) or (x1, ..., xn, y), got {type(batch).__name__}")

@@ -64,7 +64,10 @@ def small_vgg(n_in:int=1, # input channels
 
 class BasicBlock(nn.Module):
     "Two conv3x3-BN with a ReLU between, added to the shortcut (identity, or conv1x1-BN when the shape changes), then ReLU."
-    def __init__(self, ci:int, co:int, stride:int=1):
+    def __init__(self, ci:int, # input channels
+                 co:int, # output channels
+                 stride:int=1, # stride of the first conv (and of the shortcut); 2 halves the resolution
+                ):
         super().__init__()
         self.conv1, self.bn1 = _conv_bn(ci, co, stride)
         self.conv2, self.bn2 = _conv_bn(co, co)
@@ -75,7 +78,11 @@ class BasicBlock(nn.Module):
 
 class SmallResNet(nn.Module):
     "A ResNet-like network for small images: conv3x3 stem, three stages of `BasicBlock`s (width, 2 width, 4 width), global average pooling, linear."
-    def __init__(self, n_in:int=1, n_out:int=10, width:int=32, blocks:tuple=(2, 2, 2)):
+    def __init__(self, n_in:int=1, # input channels
+                 n_out:int=10, # classes
+                 width:int=32, # channels of the first stage (doubled at each of the next two)
+                 blocks:tuple=(2, 2, 2), # basic blocks per stage
+                ):
         super().__init__()
         w = width
         self.stem = nn.Sequential(*_conv_bn(n_in, w), nn.ReLU(inplace=True))

@@ -98,7 +98,7 @@ class SwapGaps:
     k_next: int # |c_{t+1}|
     p: int # the swap size
     theta_inf: float # ‖θ‖∞ over all prunable weights
-    margin: float # γ = min_{i∈c_{t+1}} s_i − max_{j∈c_t∖c_{t+1}} s_j (≥ 0 for the top-k step)
+    margin: float # γ = min_{i∈c_{t+1}} s_i − max_{j} s_j over the pool of S+ (c_t∖c_{t+1} by default; ≥ 0 for the top-k step)
     exhaustive: bool # every swap was evaluated, so `eps` is the exact ε* (else a lower estimate)
 
     @property
@@ -132,7 +132,7 @@ def _choose(pool:Tensor, p:int, n:int, g:torch.Generator) -> Tensor:
 def swap_gaps(model:nn.Module, # the network at initialisation (not modified)
               batches:Iterable, # the (x, y) batches defining L (those the step used)
               c_t:Masks|Tensor|None, # the mask before the step (`None`: the dense $c_0 = 1$)
-              c_next:Masks|Tensor, # the step's mask $c_{t+1} \subset c_t$
+              c_next:Masks|Tensor, # the step's mask $c_{t+1}$ ($\subset c_t$ unless `pool='pruned'`)
               p:int, # the swap size $|S_-| = |S_+| = p$
               n_samples:int=1000, # random swaps to evaluate (ignored when `exhaustive`)
               seed:int=0, # seed of the random swaps
@@ -142,6 +142,7 @@ def swap_gaps(model:nn.Module, # the network at initialisation (not modified)
               layer_types=PRUNABLE_TYPES, # prunable layer classes (read from the masks when they are `Masks`)
               chunk:int=256, # swaps whose gradients are computed in one batched pass (lower it if memory is short)
               vectorize:bool=True, # batch the swaps with `torch.func.vmap` (falls back to one at a time if the model does not allow it)
+              pool:str='removed', # where $S_+$ comes from: 'removed' ($c_t \setminus c_{t+1}$, Definition 1) or 'pruned' (every weight outside $c_{t+1}$: FORCE's candidates)
              ) -> SwapGaps:
     "The gaps $S(\\theta, \\zeta) - S(\\theta, c_{t+1})$ of Definition 1 for swaps $\\zeta = (c_{t+1} \\setminus S_-) \\cup S_+$, with the terms of Theorem 1's proof."
     bs = list(batches)
@@ -151,13 +152,15 @@ def swap_gaps(model:nn.Module, # the network at initialisation (not modified)
     if isinstance(c_next, Masks): layer_types = _types_of(model, c_next)
     ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
     ct, cn = _flat_mask(ml, c_t, 'c_t'), _flat_mask(ml, c_next, 'c_next')
-    if (cn & ~ct).any():
+    if pool not in ('removed', 'pruned'): raise ValueError(f"pool must be 'removed' or 'pruned', got {pool!r}")
+    if pool == 'removed' and (cn & ~ct).any():
         raise ValueError(f"c_next is not a subset of c_t: {int((cn & ~ct).sum())} of its weights are not in c_t. Definition 1 and "
                          f"Theorem 1 cover the step of eq. 7, where pruned weights stay pruned (Iterative SNIP); a FORCE step "
-                         f"that revives weights is outside them")
-    removed = ct & ~cn
+                         f"that revives weights is outside them (measure it with pool='pruned')")
+    removed = ct & ~cn if pool == 'removed' else ~cn
     n_rem, k_next = int(removed.sum()), int(cn.sum())
-    if p > n_rem: raise ValueError(f"p={p} is larger than |c_t \\ c_next| = {n_rem}, the number of weights the step removed")
+    src_plus = r'|c_t \ c_next|, the weights the step removed' if pool == 'removed' else 'the weights outside c_next'
+    if p > n_rem: raise ValueError(f"p={p} is larger than the {n_rem} weights S+ can come from ({src_plus})")
     if p > k_next: raise ValueError(f"p={p} is larger than |c_next| = {k_next}, the number of weights the step kept")
     if exhaustive and p > 1:
         raise ValueError(f"exhaustive=True enumerates single swaps (p = 0 or 1), got p={p}; sample with n_samples instead")

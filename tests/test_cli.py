@@ -59,3 +59,29 @@ def test_main_in_process(capsys):
     assert main(['--version']) == 0
     assert capsys.readouterr().out.startswith('force-edu ')
     assert main(['nope']) == 2
+
+def test_demo_bad_sparsity_is_one_line():
+    r = run('demo', '--sparsity', '1.5')
+    assert r.returncode != 0 and r.stdout == ''
+    assert len(r.stderr.strip().splitlines()) == 1 and 'sparsity' in r.stderr, r.stderr
+
+def test_demo_writes_only_in_its_folder(tmp_path):
+    "A short demo (1 epoch, 2 pruning steps) with the default `--out`: everything lands in the temporary folder it names."
+    cwd, home, tmp = (tmp_path/n for n in ('cwd', 'home', 'tmp'))
+    for d in (cwd, home, tmp): d.mkdir()
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'HOME': str(home), 'TMPDIR': str(tmp), 'OMP_NUM_THREADS': '1'}
+    env.pop('FASTAI_HOME', None)
+    r = subprocess.run([force_edu_cmd(), 'demo', '--epochs', '1', '--steps', '2', '--size', '16'], capture_output=True,
+                       text=True, timeout=600, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # libraries' own caches are not the demo's output: matplotlib's font cache in $HOME, torch's (empty) inductor folder in $TMPDIR
+    lib_cache = lambda p: 'matplotlib' in p.parts or p.name in ('.cache', '.config') or p.name.startswith('torchinductor_')
+    stray = [p for p in [*cwd.rglob('*'), *home.rglob('*')] if not lib_cache(p)]
+    assert stray == [], stray
+    made = [p for p in tmp.iterdir() if not lib_cache(p)]
+    assert len(made) == 1 and made[0].is_dir() and str(made[0]) in r.stdout, (made, r.stdout)
+    assert (made[0]/'demo_results.csv').exists()
+    header = next(l for l in r.stdout.splitlines() if 'accuracy' in l and 'prune_s' in l)
+    for col in ('sparsity', 'dead_layers', 'accuracy', 'prune_s', 'train_s'): assert col in header.split(), header
+    table = r.stdout[r.stdout.index(header):]
+    for name in ('force', 'random', 'dense'): assert f'\n{name} ' in table, table

@@ -103,6 +103,7 @@ def test_not_idx(tmp_path):
 def test_idx_dls_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError) as e: idx_dls(tmp_path/'no-such-folder')
     assert 'no-such-folder' in str(e.value) and APT in str(e.value)
+    assert len(str(e.value).splitlines()) == 1, 'the error is one line'
 
 def test_idx_dls_empty_folder(tmp_path):
     with pytest.raises(FileNotFoundError) as e: idx_dls(tmp_path)

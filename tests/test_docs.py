@@ -149,3 +149,39 @@ def test_every_exported_symbol_has_show_doc(nb):
     shown = {t.split('.')[0] if t.split('.')[0] in names and '.' not in t else t for t in _show_doc_targets(cells)}
     missing = [n for n in names if not n.isupper() and n not in shown]
     assert not missing, f"{nb.name}: exported but no show_doc: {missing}"
+
+
+def _modules():
+    import force_edu, pkgutil
+    return sorted(m.name for m in pkgutil.iter_modules(force_edu.__path__) if not m.name.startswith('_'))
+
+
+def _undocumented_args(obj):
+    "The arguments of `obj` (a function, or a class's `__init__`) without a docment, `self` and `*args`/`**kwargs` aside."
+    import inspect
+    from fastcore.docments import docments
+    if inspect.isclass(obj):
+        init = obj.__init__
+        # an `__init__` inherited from outside the package (e.g. `nn.Module`'s) is not ours to document
+        if not getattr(init, '__module__', '').startswith('force_edu'): return []
+        sig = inspect.signature(init)
+    else: sig = inspect.signature(obj)
+    docs = docments(obj)
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [n for n, p in sig.parameters.items() if n != 'self' and p.kind not in skip and docs.get(n) is None]
+
+
+@pytest.mark.parametrize('mod', _modules())
+def test_exported_args_have_docments(mod):
+    "Every argument of every public function and class (its `__init__`) in a module's `__all__` has a `# docment`."
+    import inspect
+    m = importlib.import_module(f'force_edu.{mod}')
+    missing = {}
+    for name in getattr(m, '__all__', []):
+        obj = getattr(m, name)
+        if not (inspect.isfunction(obj) or inspect.isclass(obj)): continue
+        if not getattr(obj, '__module__', '').startswith('force_edu'): continue   # re-exported from elsewhere
+        bad = _undocumented_args(obj)
+        if bad: missing[f"{name}.__init__" if inspect.isclass(obj) else name] = bad
+    assert not missing, (f"force_edu.{mod}: arguments without a docment (add `# comment` after each): "
+                         + '; '.join(f"{k}({', '.join(v)})" for k, v in missing.items()))

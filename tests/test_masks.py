@@ -1,5 +1,5 @@
 """`Masks` round trips: save/load, flat, apply/from_model/remove, training with pruned weights, state dicts."""
-import copy, functools, pickle
+import copy, functools, math, pickle
 
 import pytest
 import torch
@@ -68,6 +68,23 @@ def test_masks_equality_needs_same_order_and_shapes():
     assert a != Masks({'y': torch.zeros(3, dtype=torch.bool), 'x': torch.ones(2, 2, dtype=torch.bool)})
     assert a != Masks({'x': torch.ones(4, dtype=torch.bool), 'y': torch.zeros(3, dtype=torch.bool)})
     assert a != Masks({'x': torch.ones(2, 2, dtype=torch.bool)})
+
+@pytest.mark.parametrize('bad', [torch.full((2, 3), 0.3), torch.tensor([[0., 1., 2.], [1., 0., 1.]]),
+                                 torch.tensor([[1, -1, 0], [0, 0, 0]]), torch.tensor([[0., math.nan, 1.], [1., 1., 1.]]),
+                                 torch.tensor([[0.5, 1., 1.], [1., 1., 1.]], dtype=torch.float16)],
+                         ids=['0.3', '2', '-1', 'nan', 'half'])
+def test_masks_refuse_values_other_than_0_and_1(bad):
+    "A float mask is not rounded: 0.3 would become True. The error names the layer and says what to pass."
+    with pytest.raises(ValueError, match=r"the mask of layer 'head\.fc' holds values other than 0 and 1.*pass a boolean tensor"):
+        Masks({'conv': torch.ones(3, dtype=torch.bool), 'head.fc': bad})
+
+def test_masks_accept_0_1_values_of_any_dtype():
+    want = Masks({'a': torch.tensor([[True, False], [False, True]])})
+    for ok in ([[1, 0], [0, 1]], torch.tensor([[1., 0.], [0., 1.]]), torch.tensor([[1, 0], [0, 1]], dtype=torch.uint8),
+               torch.tensor([[1., 0.], [-0., 1.]], dtype=torch.float64), torch.tensor([[1., 0.], [0., 1.]], dtype=torch.bfloat16)):
+        got = Masks({'a': ok})
+        assert got == want and got['a'].dtype == torch.bool
+    assert Masks({'a': torch.zeros(2, 2)}).kept == 0 and Masks({'a': torch.ones(2, 2)}).kept == 4
 
 def test_from_flat_roundtrip(model):
     for s in (0.0, 0.5, 0.99):

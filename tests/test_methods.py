@@ -484,3 +484,57 @@ def test_on_step_nested_and_sizes():
         assert torch.equal(seen[-1][2], final.flat())
         nested = all(bool((b & ~a).sum() == 0) for (_, _, a), (_, _, b) in zip(seen, seen[1:]))
         assert nested == (method != 'force'), method
+
+# ---------------------------------------------------------------- no model copies
+
+def test_no_deepcopy(monkeypatch):
+    "No method copies the model: every one runs with `copy.deepcopy` and the modules' and tensors' `__deepcopy__` disabled."
+    import copy
+    model, bs = cnn(dropout=True), digit_batches(6)        # built before the patch
+    real_deepcopy = copy.deepcopy
+    def no_copy(*args, **kwargs): raise AssertionError('prune_at_init must not deepcopy the model or its tensors')
+    monkeypatch.setattr(copy, 'deepcopy', no_copy)
+    monkeypatch.setattr(nn.Module, '__deepcopy__', no_copy, raising=False)
+    monkeypatch.setattr(torch.Tensor, '__deepcopy__', no_copy)
+    monkeypatch.setattr(nn.Parameter, '__deepcopy__', no_copy)
+    with pytest.raises(AssertionError, match='must not deepcopy'): real_deepcopy(model)   # the patch bites
+    with pytest.raises(AssertionError, match='must not deepcopy'): real_deepcopy(model[0].weight)
+    before = model_fingerprint(model)
+    for method in METHODS:
+        masks = prune_at_init(model, repeat_batches(bs), 0.9, method, **kwargs_for(method))
+        assert masks.kept == int(round(0.1 * n_weights(model))), method
+    assert same_fingerprint(before, model_fingerprint(model))
+
+# ---------------------------------------------------------------- cuDNN flags (set on a GPU only, always restored)
+
+@pytest.fixture
+def cudnn_flags():
+    "Odd cuDNN flags for the test (deterministic off, autotuning on); the session's flags restored afterwards."
+    cudnn = torch.backends.cudnn
+    prev = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = False, True
+    yield cudnn
+    cudnn.deterministic, cudnn.benchmark = prev
+
+def test_cudnn_deterministic_context_restores_flags(cudnn_flags):
+    from force_edu.methods import _cudnn_deterministic
+    flags = lambda: (cudnn_flags.deterministic, cudnn_flags.benchmark)
+    with _cudnn_deterministic(True):
+        assert flags() == (True, False)
+    assert flags() == (False, True)
+    with pytest.raises(RuntimeError, match='boom'):
+        with _cudnn_deterministic(True): raise RuntimeError('boom')
+    assert flags() == (False, True)
+    with _cudnn_deterministic(False):
+        assert flags() == (False, True)   # the CPU path leaves them alone
+
+@pytest.mark.parametrize('method', ['force', 'iter_snip', 'snip'])
+def test_cpu_run_leaves_cudnn_flags_alone(cudnn_flags, method):
+    "On the CPU the flags are not touched, not even during the run; the mask is the same whatever they are."
+    seen = []
+    model = cnn()
+    got = run(model, method, 0.9, on_step=lambda t, k, c: seen.append((cudnn_flags.deterministic, cudnn_flags.benchmark)))
+    assert all(f == (False, True) for f in seen) and (cudnn_flags.deterministic, cudnn_flags.benchmark) == (False, True)
+    assert len(seen) == (3 if METHODS[method].iterative else 0)
+    cudnn_flags.deterministic, cudnn_flags.benchmark = True, False
+    assert run(model, method, 0.9) == got

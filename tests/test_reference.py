@@ -216,6 +216,43 @@ def test_reference_sanity():
     net, bs = cnn(bn=True).double(), digit_batches(6)
     assert reference_prune(net, bs, 0.99, 'force', 6, 'eval') != reference_prune(net, bs, 0.99, 'force', 6, 'train')
 
+# ---------------------------------------------------------------- GRASP-MB against an explicit Hessian
+
+def tiny_mlp(seed=0):
+    "656 prunable weights (tanh: a Hessian that is not piecewise constant), small enough for the full Hessian."
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 10)).double()
+
+def ref_grasp_scores(model, batches):
+    """GRASP's signed score theta * (H g) (eq. 4; keep the top k), with g and H the gradient and the explicit Hessian
+    (`torch.autograd.functional.hessian`, no Hessian-vector product) of the mean loss over all of `batches`."""
+    ref = Reference(model, 'eval')
+    theta = torch.cat([t.reshape(-1) for t in ref.theta])
+    loss = lambda v: ref._loss(ref.split(v), batches)
+    H = torch.autograd.functional.hessian(loss, theta)
+    g = torch.autograd.functional.jacobian(loss, theta)
+    assert H.shape == (ref.m, ref.m) and torch.allclose(H, H.T, rtol=0, atol=1e-12)
+    return ref, theta * (H @ g)
+
+@pytest.mark.parametrize('sparsity', [0.5, 0.9, 0.98])
+def test_grasp_mb_matches_explicit_hessian(sparsity):
+    """GRASP-MB with steps=3, batches_per_step=2 is GRASP on the mean loss of those 6 batches: the top-k of
+    theta * (H g), H and g of the mean loss. The network has no BatchNorm, so `bn_mode` changes nothing."""
+    model, bs = tiny_mlp(), digit_batches(6)
+    ref, score = ref_grasp_scores(model, bs)
+    k = int(round((1 - sparsity) * ref.m))
+    want = ref.masks(ref_topk(score, k))
+    for bn_mode in ('train', 'eval'):
+        got = prune_at_init(model, bs, sparsity, 'grasp_mb', steps=3, batches_per_step=2, bn_mode=bn_mode)
+        assert got.kept == k and got == want, bn_mode
+    # extra batches are not used, and the average is over all six: GRASP on the first batch alone is another mask
+    assert prune_at_init(model, bs + digit_batches(8)[6:], sparsity, 'grasp_mb', steps=3, batches_per_step=2) == want
+    one = prune_at_init(model, bs, sparsity, 'grasp')
+    assert one == ref.masks(ref_topk(ref_grasp_scores(model, bs[:1])[1], k)) and one != want
+    # the test tells GRASP of the mean loss from the mean of the six per-batch GRASP scores, theta * (H_b g_b)
+    per_batch = sum(ref_grasp_scores(model, [b])[1] for b in bs) / len(bs)
+    assert ref.masks(ref_topk(per_batch, k)) != want
+
 # ---------------------------------------------------------------- the same on a GPU
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -230,3 +267,38 @@ def test_gpu_masks_equal_cpu(method, steps):
     # batches on the CPU are moved to the model's device
     assert prune_at_init(gpu_model, bs, 0.9, method, steps=steps) == cpu
     assert gpu == reference_prune(model, bs, 0.9, method, steps)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('method,steps', [('snip', 1), ('force', 3), ('iter_snip', 3)])
+def test_gpu_float32_batchnorm_deterministic(method, steps):
+    """float32 conv + BatchNorm (batch statistics) on CUDA. `prune_at_init` runs the saliencies with cuDNN deterministic
+    and without autotuning, so two runs give the identical mask even when the session asked for `benchmark=True`,
+    and it restores the session's flags. Against the CPU, float32 sums in another order: the masks agree up to ties
+    and rounding (IoU > 0.99). That comparison turns TF32 off (cuDNN's default on Ampere and later rounds convolution
+    inputs to 10-bit mantissas), and uses 3 steps at 90%: on this small network, FORCE and Iterative SNIP at 5-10 steps
+    amplify a relative perturbation of 1e-4 of the inputs into masks that share a third of their weights (measured on
+    the CPU), while at 3 steps masks stay identical under 1e-5 (10 noise seeds)."""
+    from force_edu.methods import model_fingerprint, same_fingerprint
+    cudnn = torch.backends.cudnn
+    prev = cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32
+    model = cnn(bn=True)                                   # float32
+    bs = digit_batches(steps, dtype=torch.float32)
+    try:
+        cudnn.deterministic, cudnn.benchmark = False, True     # what prune_at_init must override, then restore
+        gpu_model = copy.deepcopy(model).cuda()
+        gbs = digit_batches(steps, dtype=torch.float32, device='cuda')
+        before = model_fingerprint(gpu_model)
+        seen = []
+        on_step = lambda t, k, c: seen.append((cudnn.deterministic, cudnn.benchmark))
+        a = prune_at_init(gpu_model, gbs, 0.9, method, steps=steps, on_step=on_step)
+        b = prune_at_init(gpu_model, gbs, 0.9, method, steps=steps, on_step=on_step)
+        assert a == b
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)                      # restored
+        assert len(seen) == (2 * steps if method != 'snip' else 0) and all(f == (True, False) for f in seen)
+        assert same_fingerprint(before, model_fingerprint(gpu_model))
+        cudnn.allow_tf32 = False
+        gpu = prune_at_init(gpu_model, gbs, 0.9, method, steps=steps)
+        cpu = prune_at_init(model, bs, 0.9, method, steps=steps)
+        assert gpu.kept == cpu.kept and gpu.overlap(cpu) > 0.99, gpu.overlap(cpu)
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32 = prev

@@ -173,3 +173,25 @@ def test_bound_arithmetic():
     with pytest.raises(ValueError): local_optimality_bound(th, 0.1, 1, -2)
     with pytest.raises(ValueError): local_optimality_bound('theta', 0.1, 1, 2)
     with pytest.raises(ValueError): local_optimality_bound([], 0.1, 1, 2)
+
+
+def test_pool_pruned_for_force_steps(setup):
+    "`pool='pruned'` draws S+ from every weight outside c_next: a superset of Definition 1's swaps, and FORCE steps are allowed."
+    net, batches, c_t, c_next = setup
+    with pytest.raises(ValueError, match="pool must be"):
+        swap_gaps(net, batches, c_t, c_next, p=1, pool='all')
+    rem = swap_gaps(net, batches, c_t, c_next, p=1, exhaustive=True)
+    pru = swap_gaps(net, batches, c_t, c_next, p=1, exhaustive=True, pool='pruned')
+    assert pru.n == c_next.kept * (c_next.total - c_next.kept) > rem.n
+    assert pru.eps >= rem.eps - 1e-7                               # more swaps: the worst gap can only grow
+    swaps = lambda sg: {(int(a), int(b)): float(g) for a, b, g in zip(sg.minus[:, 0], sg.plus[:, 0], sg.gap)}
+    r, q = swaps(rem), swaps(pru)
+    assert set(r) <= set(q) and max(abs(r[k] - q[k]) for k in r) < 1e-5
+    # a FORCE step that revives a weight: refused by Definition 1's pool, measured with the pruned pool
+    s = torch.cat([v.reshape(-1) for v in connection_sensitivity(net, batches, c_t).values()]).abs()
+    c_force = Masks.from_flat(topk_mask(s, 14), c_t.shapes)        # top-k over all m weights (Algorithm 1)
+    assert (c_force.flat() & ~c_t.flat()).any(), 'the fixture should revive a weight'
+    with pytest.raises(ValueError, match='not a subset'):
+        swap_gaps(net, batches, c_t, c_force, p=1)
+    f = swap_gaps(net, batches, c_t, c_force, p=1, exhaustive=True, pool='pruned')
+    assert f.margin >= 0 and f.n == 14 * (c_t.total - 14)
