@@ -4,9 +4,8 @@ Run it (the numbers in `benchmarks/results/cpu.json` and on the docs' Performanc
 
     OMP_NUM_THREADS=1 python benchmarks/pruning_speed.py --threads 1 --repeats 3 --other-models resnet50 --out benchmarks/results/cpu.json
 
-(18 minutes on the 2-core machine of the results; `--other-models resnet50` runs the methods other than FORCE on
-ResNet-50 only, the model where the per-weight work weighs most; without it they also run on the other two models,
-about 15 minutes more),
+(32 minutes on the 2-core machine of the results; `--other-models resnet50` runs the methods other than FORCE and
+`force_keep` on ResNet-50 only, the model where the per-weight work weighs most),
 
 and `python benchmarks/pruning_speed.py --quick` for a smoke run of a few seconds (what `tests/test_benchmark.py` runs).
 
@@ -18,13 +17,18 @@ of each side, and is the median of the method's times over the median of the flo
    in the same mode (`saliency_mode(model, bn_mode)`: dropout off, BatchNorm in `bn_mode`), with every parameter's
    gradient computed, as a training step does. One-shot `snip` and `grasp` are timed against B passes (GRASP's
    Hessian-gradient product costs a second, double backward: expect 2-3x). Data-free `synflow` is timed against its own
-   floor: T forward + backward passes of one all-ones input through a float64 copy of the model.
+   floor: T forward + backward passes of one all-ones input through a float64 copy of the model. `force_keep` is FORCE
+   with the masked weights theta * c kept for the backward pass (`force_edu.sensitivity._RECOMPUTE = False`) instead of
+   recomputed there, the default: the other side of a time/memory trade-off.
 2. **Memory.** Peak memory growth of `prune_at_init` over that of one dense forward + backward, each in a fresh
-   subprocess, over a baseline taken after the model and the batches are built (CPU: the peak resident set size, reset
-   through `/proc/self/clear_refs` and read with `resource.getrusage`; GPU: `torch.cuda.max_memory_allocated`).
+   subprocess (the median of `--mem-repeats` processes), over a baseline taken after the model and the batches are built
+   (CPU: the peak resident set size, reset through `/proc/self/clear_refs` and read from `VmHWM`; GPU:
+   `torch.cuda.max_memory_allocated`). On CPU each is measured twice: with glibc's default allocator (`mem_ratio`), and
+   "live" (`mem_ratio_live`) with `MALLOC_MMAP_THRESHOLD_=1048576` on both sides, where every allocation over 1 MB is
+   its own mapping, returned on free, so that the peak counts the tensors alive at once rather than what glibc keeps.
 3. **Training.** Seconds per epoch of a `vision_learner` ResNet-18 on the digits with `ForceCallback` (the mask is
-   applied by `torch.nn.utils.prune`: one multiply per prunable layer and forward) over the same learner without it;
-   the one-off pruning at `before_fit` is not in the epoch time.
+   applied by `torch.nn.utils.prune`: one multiply per prunable layer and forward) over the same learner without it,
+   `--train-epochs` epochs each after one warm-up epoch; the one-off pruning at `before_fit` is not in the epoch time.
 4. **Scaling.** FORCE's time as T doubles (one model), and as the model grows (the FORCE rows).
 
 Models: `vgg19` is the usual CIFAR variant of VGG19-BN (torchvision's `vgg19_bn().features`, then
@@ -34,54 +38,47 @@ get Gaussian inputs with random labels (the content of a batch does not change t
 `resnet18_learner` is fastai's `vision_learner(digits_dls(size=64), resnet18, pretrained=False)` on real 64x64 digits.
 `tiny` is a three-layer CNN on 3x16x16 for `--quick`.
 
-Where the time went before the top-k fix (torch.profiler, FORCE, ResNet-50 at CIFAR size, batch 64, T=5, 1 thread, on the 2-core machine
-under the load of other jobs; 23.5M prunable weights):
+Where the time goes (cProfile and torch.profiler, FORCE, ResNet-50 at CIFAR size, batch 64, T=5, 1 thread, idle machine;
+23.5M prunable weights; a dense pass is 0.57-0.60 s):
 
-- the dense forward + backward is the floor: `convolution_backward` + `mkldnn_convolution` + batch norm ~ 4.6 s of 9.6 s;
-- **the global top-k is the rest**: `topk_mask` costs 0.7-1.5 s a step, about as much as a whole pass (0.6-1.4 s):
-  `kthvalue` over the 23.5M scores (0.4-0.9 s; it sorts a copy of the scores and writes int64 indices, `copy_` 0.19 s),
-  `int(keep.sum())` (a bool sum converts to int64 first: 0.19 s, against 0.01 s for `torch.count_nonzero`), the
-  `isnan(scores).any()` check (0.06-0.1 s) and the tie search `(scores == kth).nonzero()` (0.15-0.2 s), which always
-  runs, because only k-1 scores are strictly greater than the k-th largest;
-- `torch.cat` of the per-layer scores into the flat vector: 0.08 s a step (a fresh 94 MB buffer, page-faulted in);
-- the mask multiply theta * c (bool -> float promotion) and theta * grad: ~0.06 s each a step; `functional_call`
-  itself is negligible (< 5 ms);
-- `MaskedLoss.grads` differentiates the prunable weights only (no BatchNorm / bias gradients), which is why FORCE's
-  backward is slightly cheaper than the floor's.
+- The first round (an earlier session) found the global top-k (`kthvalue` over all scores, a bool `sum`, an
+  `isnan().any()`, a tie search that always ran) costing as much as a pass, and replaced it by a sample bracket:
+  `benchmarks/topk_speed.py`, 4-5x faster, same masks. That left 0.29 s a step over the floor on this idle machine
+  (ratio 1.51 at T=5): the masked copy `theta * c` with a boolean c (PyTorch converts bool to float 5x slower than
+  bytes: 0.09 s), `(theta * grad).abs_()` into new tensors (0.04 s), `torch.cat` of the saliencies into a 94 MB vector
+  (0.04 s: a fresh mapping, page-faulted in), the top-k over it (0.1 s), a `div_` by the batch count even when it is 1.
+- Now (`force_edu.masks.topk_mask`, `force_edu.sensitivity.MaskedLoss.grads`, `force_edu.methods._progressive`):
+  the saliency |theta * grad| is computed in place in the gradients by the top-k's own pass (`topk_mask(grads, k,
+  scale=theta)`), which reads the layers where they are, 64K scores at a time (no concatenation); the masks go into one
+  reused boolean buffer; `theta * c` reads c as bytes, piece by piece. A step now costs ~0.18 s over a dense pass:
+  - the top-k with the saliency: 0.10 s. Per 64K piece: `mul_` + `abs_`, `ge` into the mask, `gt`, a count, a `sum`
+    (NaN check) and the `nonzero` of the scores inside the bracket (0.02 s of the 0.10: every piece has some); PyTorch's
+    comparisons into booleans run at ~0.4 ns an entry on one core, 4x slower than a multiply; Python ~0.03 s;
+  - running on masked weights: +0.05-0.07 s a step over the same pass on theta. A plain `theta.clone()` costs the same
+    as `theta * c` here (the layers read weights that were just written, not theta, which stays in cache between
+    passes); recomputing `theta * c` in the backward pass instead of keeping it adds 0.01-0.03 s.
+- So the overhead per step is 8-10 ns per prunable weight (0.11 s for ResNet-18's 11.2M, 0.10 s for the learner's 11.7M,
+  0.18 s for VGG19's 20.0M and for ResNet-50's 23.5M): a few passes over m floats. Its weight next to a pass depends on the pass: small at
+  64 px or for VGG19's wide 32 px layers, large for ResNet-50 and ResNet-18 at 32 px.
 
-The top-k is fixed (`force_edu.masks.topk_mask`, same masks): the k-th largest score is bracketed between two order
-statistics of a fixed-seed sample of 2^16 scores, selected (`kthvalue`) among the few scores inside the bracket only,
-counts use `count_nonzero`, the tie search runs only when there are ties, the NaN check is `isnan(scores.max())`, and
-the indices of a sparse boolean mask are found 8 entries (one int64 word) at a time. `benchmarks/topk_speed.py`, on
-23.5M scores, the same machine, 1 thread: 0.41-0.60 s before, 0.09-0.14 s after (4-5x; FORCE-like, iter_snip-like
-with -inf, and massively tied scores alike; `benchmarks/results/topk_cpu.json`).
+Results (`benchmarks/results/cpu.json`, 2 Xeon cores, 1 thread, load ~0.9 at the start):
 
-Profile after the fix (FORCE, ResNet-50, T=3, quiet machine): 0.86 s a step, of which the passes 0.60 s; top-k 0.12 s;
-`torch.cat` of the scores 0.045 s (`_Job.flat`, force_edu.methods); the mask and saliency multiplies ~0.05 s; copies
-and `div_` by the batch count (also when it is 1) ~0.03 s (`MaskedLoss.grads`, force_edu.sensitivity).
-
-Results (`benchmarks/results/cpu.json`, 2 Xeon cores shared with other jobs, 1 thread, load ~1.5-2):
-
-- FORCE over its 20 passes: VGG19 1.21, ResNet-50 1.42, resnet18 learner (64 px) 1.17; iter_snip 1.48, grasp_it 1.34,
-  SNIP 1.22 (ResNet-50). The 1.10 target is **not met** on CPU at CIFAR size: a step costs ~0.25 s over the floor for
-  20-24M weights, nearly all of it per-weight work (top-k, cat, multiplies: ~10 passes over m floats), and a pass over
-  a 32x32 input is cheap next to the weight count (0.6 s for ResNet-50). The overhead follows m, not the pass: it is
-  smallest where the activations are large (VGG19, the 64 px learner).
-- GRASP 4.1x one pass: its gradient (1 pass) plus Hg (a forward and a double backward, ~3 passes), as expected.
-- SynFlow 6.4x its floor: the floor is one float64 sample (0.09 s a step), the per-weight float64 work is ~0.5 s a step.
-- Memory: 1.5 (VGG19, the learner, SNIP), 2.3 (FORCE, iter_snip, grasp_it on ResNet-50), 3.1 GRASP, 5.0 SynFlow; the
-  1.25 target is **not met**: for ResNet-50 a dense pass grows by ~230 MB (gradients 94 MB + activations), and
-  pruning holds about four more weight-sized buffers (theta * c, the gradients, the per-layer saliencies and their
-  concatenation, 94 MB each) plus top-k's boolean temporaries.
-- Training with `ForceCallback`: 1.065 s/epoch ratio (target 1.05, **just missed**; `torch.nn.utils.prune` recomputes
-  weight_orig * mask at every forward and back-propagates through it).
-- Scaling: linear in T (0.31-0.35 s a step for T = 5...80 on ResNet-18 at 32 px, one timing each), and linear in the
-  number of weights m, not in the pass cost.
-
-Suggestions outside this file's scope (force_edu.methods / force_edu.sensitivity / force_edu.callback, not changed
-here): write the saliencies `(t * g).abs_()` straight into slices of one preallocated flat buffer (no `torch.cat`: a
-copy and 94 MB less), compute them in place in the gradients, skip `div_(n)` when n == 1, apply the mask with a float
-mask or `torch.where`, and in training mask the weights after each optimizer step instead of at every forward.
+- FORCE over its 20 passes: VGG19 1.16, ResNet-50 1.31, resnet18 learner (64 px) 1.20; `force_keep` 1.14, 1.26, 1.19;
+  iter_snip 1.37, grasp_it 1.35, SNIP 1.19 (ResNet-50). The 1.10 target is **not met** on this CPU (it was 1.21, 1.42,
+  1.17 before): the per-weight work above, measured, against a 32 px pass that is cheap for the number of weights.
+- GRASP 4.6x one pass: its gradient (1 pass), then Hg (a forward and a double backward, ~3 passes), and the top-k.
+- SynFlow 3.2x its floor (was 6.4): the floor is one float64 sample (0.09 s a step), the per-weight float64 work
+  dominates.
+- Memory, FORCE (default allocator / live): VGG19 1.27 / 1.16, ResNet-50 1.21 / 1.25, learner 1.18 / 1.19 (target
+  1.25; it was 1.5-2.3): one boolean mask and one layer's recomputed weight on top of a dense pass. `force_keep`: 1.30 /
+  1.43, 1.51 / 1.64, 1.29 / 1.39 (the masked copies, 94 MB for ResNet-50). iter_snip and grasp_it 1.43 / 1.37 (two
+  masks: c_t is their constraint), SNIP 1.07, GRASP 2.9 (the double backward's graph), SynFlow 3.5 (a float64 copy of
+  every parameter and buffer, and float64 gradients).
+- Training with `ForceCallback`: 1.04 s/epoch ratio in this run (1.06 in the run before it, same code: the spread
+  between runs is of that order; target 1.05); `torch.nn.utils.prune` multiplies weight_orig by the mask at every
+  forward and back-propagates through it.
+- Scaling: linear in T (0.27-0.29 s a step for T = 5...80 on ResNet-18 at 32 px, one timing each), and, per step,
+  linear in the number of weights m, not in the cost of a pass.
 
 Threads: `--threads 1` on a 2-core machine shared with other jobs: with 2 OpenMP threads and a load of ~8, a ResNet-50
 pass took 12-14 s against 1.4 s with one thread (OpenMP barriers wait on descheduled threads). The thread count is
@@ -101,7 +98,12 @@ from torch import Tensor
 from fastcore.script import call_parse
 
 HERE = Path(__file__).resolve().parent
-METHOD_NAMES = ('force', 'iter_snip', 'grasp_it', 'synflow', 'snip', 'grasp')
+METHOD_NAMES = ('force', 'iter_snip', 'grasp_it', 'synflow', 'snip', 'grasp', 'force_keep')
+# `force_keep`: FORCE with the masked weights theta * c kept for the backward pass instead of recomputed there
+# (`force_edu.sensitivity._RECOMPUTE = False`): the other side of the time/memory trade-off, measured, not defaulted
+LIVE_ENV = {'MALLOC_MMAP_THRESHOLD_': str(2**20)}   # glibc: every allocation over 1 MB is its own mapping, unmapped on free
+
+def _base(method:str) -> str: return 'force' if method == 'force_keep' else method
 MODEL_NAMES = ('vgg19', 'resnet50', 'resnet18', 'resnet18_learner', 'tiny')
 
 # ---------------------------------------------------------------------------------------------------------- models
@@ -177,16 +179,21 @@ def synflow_floor(model64, input_shape, steps, device):
 
 def _prune(model, batches, method, steps, bpe, sparsity, bn_mode, input_shape):
     from force_edu.methods import prune_at_init, get_method
-    meth = get_method(method)
-    if not meth.uses_data:
-        return prune_at_init(model, None, sparsity, method, steps=steps, bn_mode=bn_mode, input_shape=input_shape)
-    if not meth.iterative: steps = 1
-    return prune_at_init(model, batches, sparsity, method, steps=steps, batches_per_step=bpe, bn_mode=bn_mode)
+    from force_edu import sensitivity
+    keep, method = method == 'force_keep', _base(method)
+    meth, old = get_method(method), sensitivity._RECOMPUTE
+    sensitivity._RECOMPUTE = not keep
+    try:
+        if not meth.uses_data:
+            return prune_at_init(model, None, sparsity, method, steps=steps, bn_mode=bn_mode, input_shape=input_shape)
+        if not meth.iterative: steps = 1
+        return prune_at_init(model, batches, sparsity, method, steps=steps, batches_per_step=bpe, bn_mode=bn_mode)
+    finally: sensitivity._RECOMPUTE = old
 
 def floor_batches(method, batches, steps, bpe):
     "The batches `method` consumes: T x B for the iterative methods, B for the one-shot ones."
     from force_edu.methods import get_method
-    return batches[:(steps if get_method(method).iterative else 1) * bpe]
+    return batches[:(steps if get_method(_base(method)).iterative else 1) * bpe]
 
 def _timed(f, device):
     gc.collect(); _sync(device)
@@ -251,10 +258,11 @@ def mem_child(spec:dict) -> dict:
 _CHILD = ("import sys, json; sys.path.insert(0, {d!r}); import pruning_speed as b; "
           "print('@@' + json.dumps(b.mem_child(json.loads(sys.argv[1]))))")
 
-def mem_in_subprocess(spec:dict, wait=True):
-    "Start `mem_child(spec)` in a fresh Python; the parsed result (or the `Popen` when `wait=False`)."
+def mem_in_subprocess(spec:dict, wait=True, live:bool=False):
+    "Start `mem_child(spec)` in a fresh Python (`live`: with `LIVE_ENV`); the parsed result (or the `Popen` when `wait=False`)."
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', **(LIVE_ENV if live else {})}
     p = subprocess.Popen([sys.executable, '-c', _CHILD.format(d=str(HERE)), json.dumps(spec)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+                         stderr=subprocess.PIPE, text=True, env=env)
     return _mem_result(p) if wait else p
 
 def _mem_result(p):
@@ -347,19 +355,20 @@ def _fmt(v, width:int, spec:str='') -> str:
 
 def format_table(rows:list[dict]) -> str:
     "The one printed table: method, model, device, ratio, memory ratio (and the medians behind them)."
-    head = f"{'method':<26} {'model':<28} {'device':<6} {'T':>3} {'B':>2} {'floor s':>8} {'method s':>9} {'ratio':>6} {'mem ratio':>9}"
+    head = (f"{'method':<26} {'model':<28} {'device':<6} {'T':>3} {'B':>2} {'floor s':>8} {'method s':>9} {'ratio':>6} {'mem ratio':>9} "
+            f"{'live mem':>8}")
     lines = [head, '-' * len(head)]
     for r in rows:
         lines.append(f"{r['method']:<26} {r['model']:<28} {r.get('device', ''):<6} {_fmt(r.get('steps'), 3)} "
                      f"{_fmt(r.get('batches_per_step'), 2)} {_fmt(r.get('floor_s'), 8, '.3f')} {_fmt(r.get('method_s'), 9, '.3f')} "
-                     f"{_fmt(r.get('ratio'), 6, '.2f')} {_fmt(r.get('mem_ratio'), 9, '.2f')}")
+                     f"{_fmt(r.get('ratio'), 6, '.2f')} {_fmt(r.get('mem_ratio'), 9, '.2f')} {_fmt(r.get('mem_ratio_live'), 8, '.2f')}")
     return '\n'.join(lines)
 
 def _split(s): return [x.strip() for x in str(s).split(',') if x.strip()]
 
 @call_parse
 def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models (vgg19, resnet50, resnet18, resnet18_learner, tiny)
-         methods:str='force,iter_snip,grasp_it,synflow,snip,grasp', # comma-separated methods
+         methods:str='force,iter_snip,grasp_it,synflow,snip,grasp,force_keep', # comma-separated methods (`force_keep`: FORCE keeping theta*c for backward)
          other_models:str=None, # models on which the methods other than force run (default: all of --models)
          steps:int=20, # pruning steps T of the iterative methods
          batches_per_step:int=1, # B: batches averaged at each step
@@ -370,6 +379,8 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
          threads:int=0, # torch CPU threads (0: leave torch's default)
          bn_mode:str='eval', # BatchNorm mode of the saliencies, and of the floor
          mem_steps:int=3, # pruning steps of the memory measurement (the peak does not grow with T)
+         mem_repeats:int=3, # fresh processes per memory measurement; the median peak is reported
+         train_epochs:int=5, # timed epochs of each learner in the training measurement (after one warm-up epoch each)
          scale_model:str='resnet18', # model of the T-scaling table
          scale_steps:str='5,10,20,40,80', # the T of the scaling table
          no_memory:bool=False, # skip the memory measurements
@@ -380,7 +391,7 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
         ):
     "Time pruning at initialization against the dense passes it needs; print one table and write it as JSON."
     if quick:
-        models, other_models, steps, batch_size, repeats, mem_steps = 'tiny', None, 3, 16, 1, 2
+        models, other_models, steps, batch_size, repeats, mem_steps, mem_repeats = 'tiny', None, 3, 16, 1, 2, 1
         threads = threads or 1
         scale_model, scale_steps = 'tiny', '2,4'
     if threads: torch.set_num_threads(threads)
@@ -389,7 +400,9 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
     for m in models + others + ([] if no_scaling else [scale_model]):
         if m not in MODEL_NAMES: raise SystemExit(f"unknown model {m!r}; known: {', '.join(MODEL_NAMES)}")
     from force_edu.methods import get_method
-    for m in methods: get_method(m)
+    for m in methods:
+        if m not in METHOD_NAMES: raise SystemExit(f"unknown method {m!r}; known: {', '.join(METHOD_NAMES)}")
+        get_method(_base(m))
     t_start = time.perf_counter()
     info = machine_info(device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}, {info['cpu']} "
@@ -400,13 +413,13 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
         nonlocal tick
         now = time.perf_counter(); phases[name] = round(now - tick, 1); tick = now
     for name in dict.fromkeys(models + others):
-        meths = [m for m in methods if (m == 'force' and name in models) or (m != 'force' and name in others)]
+        meths = [m for m in methods if (_base(m) == 'force' and name in models) or (_base(m) != 'force' and name in others)]
         if not meths: continue
         model, batches, shape = build(name, batch_size, steps * batches_per_step, device)
         P = n_params(model)
         plans[name] = (meths, shape)
         for meth in meths:
-            info_m = get_method(meth)
+            info_m = get_method(_base(meth))
             T = steps if info_m.iterative else 1
             if meth == 'synflow':
                 import copy
@@ -437,21 +450,28 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
             base = dict(model=name, device=device, threads=torch.get_num_threads(), batch_size=batch_size, bn_mode=bn_mode,
                         bpe=batches_per_step, sparsity=sparsity, steps=mem_steps, n_batches=mem_steps * batches_per_step)
             specs += [dict(base, what=w) for w in ['dense'] + (meths[:1] if quick else meths)]  # --quick: the first method only
-        if quick: res = [_mem_result(p) for p in [mem_in_subprocess(s, wait=False) for s in specs]]  # no timing here
-        else: res = [mem_in_subprocess(s) for s in specs]
-        dense = {s['model']: r for s, r in zip(specs, res) if s['what'] == 'dense'}
-        for s, r in zip(specs, res):
+        runs = [(s, live) for s in specs for live in (False, True) for _ in range(mem_repeats)]
+        if quick: res = [_mem_result(p) for p in [mem_in_subprocess(s, wait=False, live=l) for s, l in runs]]  # no timing here
+        else: res = [mem_in_subprocess(s, live=l) for s, l in runs]
+        peak = {}   # (model, what, live) -> the peaks of the repeats
+        for (s, live), r in zip(runs, res): peak.setdefault((s['model'], s['what'], live), []).append(r['peak_mb'])
+        how = res[0]['how']
+        for s in specs:
             if s['what'] == 'dense': continue
             row = next(x for x in rows if x['model'] == s['model'] and x['method'] == s['what'])
-            d = dense[s['model']]['peak_mb']
-            row.update(mem_method_mb=r['peak_mb'], mem_dense_mb=d, mem_ratio=r['peak_mb'] / d, mem_how=r['how'],
-                       mem_steps=mem_steps)
-            print(f"  memory {s['what']:<10} {s['model']:<18} {r['peak_mb']:.0f} MB over dense {d:.0f} MB", flush=True)
+            m, d = (_median(peak[s['model'], s['what'], False]), _median(peak[s['model'], 'dense', False]))
+            ml, dl = (_median(peak[s['model'], s['what'], True]), _median(peak[s['model'], 'dense', True]))
+            row.update(mem_method_mb=m, mem_dense_mb=d, mem_ratio=m / d, mem_method_live_mb=ml, mem_dense_live_mb=dl,
+                       mem_ratio_live=ml / dl, mem_runs=dict(method=peak[s['model'], s['what'], False],
+                       dense=peak[s['model'], 'dense', False], method_live=peak[s['model'], s['what'], True],
+                       dense_live=peak[s['model'], 'dense', True]), mem_how=how, mem_steps=mem_steps)
+            print(f"  memory {s['what']:<10} {s['model']:<18} {m:.0f} MB over dense {d:.0f} MB ({m / d:.2f}); "
+                  f"live {ml:.0f} over {dl:.0f} MB ({ml / dl:.2f})", flush=True)
         phase('memory')
 
     training = None
     if not no_training:
-        training = measure_training('tiny' if quick else 'resnet18', 8 if quick else 64, 64, max(repeats, 1), sparsity,
+        training = measure_training('tiny' if quick else 'resnet18', 8 if quick else 64, 64, 1 if quick else train_epochs, sparsity,
                                     2 if quick else 5, device, valid_pct=0.9 if quick else 0.2)
         print(f"  training: {training['masked_s']:.2f} s/epoch with the mask, {training['dense_s']:.2f} s without: "
               f"ratio {training['ratio']:.3f}", flush=True)
@@ -481,7 +501,8 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
     result = dict(machine=info, command='python benchmarks/pruning_speed.py ' + ' '.join(argv),
                   config=dict(models=models, methods=methods, other_models=others, steps=steps,
                               batches_per_step=batches_per_step, batch_size=batch_size, sparsity=sparsity, repeats=repeats,
-                              bn_mode=bn_mode, mem_steps=mem_steps, quick=quick),
+                              bn_mode=bn_mode, mem_steps=mem_steps, mem_repeats=mem_repeats, mem_live_env=LIVE_ENV,
+                              train_epochs=train_epochs, quick=quick),
                   rows=rows, training=training, scaling=dict(steps=scaling, models=by_model))
     print()
     print(format_table(rows))

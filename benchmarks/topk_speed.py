@@ -4,9 +4,12 @@
 
 `before` is the former `topk_mask` (kept here verbatim): `kthvalue` over all m scores, `int(keep.sum())`, a NaN check
 with `isnan(scores).any()`, and a tie search `(scores == kth).nonzero()` that always runs. `after` is the current one:
-the k-th largest bracketed by two order statistics of a fixed-seed sample of 2**16 scores, selection inside the
-bracket only, `count_nonzero` for counts, the tie search only when there are ties. Both sides are timed alternately
-after a warm-up (median of `--repeats`), and their masks are checked to be equal.
+the k-th largest bracketed by two order statistics of a fixed-seed sample of 2**16 scores, then one pass over the
+scores, 64K at a time (each piece is compared with both ends of the bracket, counted and searched for the few scores
+inside it while it is in cache), selection among the scores inside the bracket only, the tie search only when there
+are ties. Both sides are timed alternately after a warm-up (median of `--repeats`), and their masks are checked to be
+equal. (Inside `prune_at_init` the scores come one tensor per layer, and FORCE's |theta * grad| is computed in the same
+pass: `topk_mask(grads, k, scale=theta)`; that is timed by `pruning_speed.py`, not here.)
 Score vectors: FORCE-like `|randn * randn|`; iter_snip-like, with 90% of the scores -inf (weights already pruned);
 and integer scores 0..9 (massive ties).
 """

@@ -19,6 +19,7 @@ from torch.func import functional_call
 from fastprogress.fastprogress import progress_bar
 
 from .masks import *
+from .masks import _times_mask
 from .sensitivity import *
 
 # %% auto #0
@@ -173,7 +174,7 @@ class PruningJob:
     def step_done(self, t:int, c:Tensor):
         "Record step `t` and call `on_step(t, k_t, Masks)` if given."
         self.history.append((t, self.schedule[t]))
-        if self.on_step is not None: self.on_step(t, self.schedule[t], Masks.from_flat(c, self.loss.shapes))
+        if self.on_step is not None: self.on_step(t, self.schedule[t], Masks.from_flat(c.clone(), self.loss.shapes))   # c's buffer is reused
 
 # %% ../nbs/02_methods.ipynb #585328b9
 def _one_shot_batches(job):
@@ -188,17 +189,17 @@ def _random(job):
 
 @register_method('magnitude', iterative=False, uses_data=False, summary='keep the k largest |theta|')
 def _magnitude(job):
-    return topk_mask(job.flat([t.abs() for t in job.theta]), job.k)
+    return topk_mask([t.abs() for t in job.theta], job.k)
 
 def _snip(job):
     g = job.loss.grads(_one_shot_batches(job))
-    return topk_mask(job.flat([(t * gi).abs_() for t, gi in zip(job.theta, g)]), job.k)
+    return topk_mask(g, job.k, scale=job.theta)   # |theta * g|, computed in place in the gradients
 
 def _grasp(job):
     bs = _one_shot_batches(job)
     g = job.loss.grads(bs)
     hg = job.loss.hvp(bs, g)
-    return topk_mask(job.flat([t * h for t, h in zip(job.theta, hg)]), job.k)
+    return topk_mask([h.mul_(t) for t, h in zip(job.theta, hg)], job.k)   # theta * Hg, in place
 
 register_method('snip', iterative=False, summary='one shot, top-k of |theta * grad L(theta)| on one batch (eq. 3)')(_snip)
 register_method('snip_mb', iterative=False, default_steps=300,
@@ -209,25 +210,28 @@ register_method('grasp_mb', iterative=False, default_steps=300,
 
 # %% ../nbs/02_methods.ipynb #7374484f
 def _progressive(job, saliency, resurrect:bool):
-    "Algorithm 1 with a pluggable `saliency(c_layers, batches) -> flat scores`; `resurrect=False` is eq. 7's constraint."
+    "Algorithm 1 with a pluggable `saliency(c_layers, batches)` returning the scores (one tensor per layer, or flat), or `(scores, scale)` for |scores * scale|; `resurrect=False` is eq. 7's constraint."
+    # the masks are written into reused buffers: c_t is not needed once the scores exist, except as eq. 7's constraint
+    bufs = [torch.empty(job.m, dtype=torch.bool, device=job.loss.device) for _ in range(1 if resurrect else 2)]
     c = None
     for t in job.steps_range():
         bs = job.take(job.batches_per_step) if job.method.uses_data else None
         scores = saliency(job.layers(c), bs)
-        if c is not None and not resurrect: scores.masked_fill_(~c, -math.inf)
-        c = topk_mask(scores, job.schedule[t])
+        scores, scale = scores if isinstance(scores, tuple) else (scores, None)   # (scores, scale): |scores * scale|
+        c = topk_mask(scores, job.schedule[t], allowed=None if resurrect else c, out=bufs[t % len(bufs)], scale=scale)   # eq. 7: c_{t+1} in c_t
+        del scores   # the gradients the scores were written into are freed before the next step's passes
         job.step_done(t, c)
     return c
 
 def _force_saliency(job):
     def saliency(c, bs):
         g = job.loss.grads(bs, c)
-        return job.flat([(t * gi).abs_() for t, gi in zip(job.theta, g)])   # dense theta (eq. 5)
+        return g, job.theta   # |dense theta * grad| (eq. 5), computed in place in the gradients by the top-k's own pass
     return saliency
 
 def _grad_sq_saliency(job):
     def saliency(c, bs):
-        return job.flat([gi.pow_(2) for gi in job.loss.grads(bs, c)])
+        return [gi.pow_(2) for gi in job.loss.grads(bs, c)]
     return saliency
 
 @register_method('force', iterative=True, default_steps=300,
@@ -258,12 +262,12 @@ def _synflow_saliency(job):
         shape = tuple(xs[0].shape[1:])
     x = torch.ones((1,) + shape, dtype=torch.float64, device=ml.device)
     def saliency(c, bs):
-        w = [(t if ci is None else t * ci).requires_grad_() for t, ci in zip(theta, c or [None] * len(theta))]
+        w = [(t if ci is None else _times_mask(t, ci)).requires_grad_() for t, ci in zip(theta, c or [None] * len(theta))]
         with saliency_mode(model, 'eval'), torch.enable_grad():
             R = functional_call(model, {**params, **buffers, **dict(zip(ml.keys, w))}, (x,)).sum()
             g = torch.autograd.grad(R, w)
         if not torch.isfinite(R): raise ValueError(f"SynFlow's R overflowed ({R.item()}); the network is too deep for float64")
-        return job.flat([(wi.detach() * gi).abs_() for wi, gi in zip(w, g)])
+        return g, [wi.detach() for wi in w]   # |w * dR/dw|
     return saliency
 
 @register_method('synflow', iterative=True, uses_data=False, default_steps=100, needs_input=True,

@@ -53,8 +53,11 @@ def test_rows(quick):
         assert r['steps'] == (res['config']['steps'] if name in ('force', 'iter_snip', 'grasp_it', 'synflow') else 1)
         assert r['mem_ratio'] is None or _pos(r['mem_ratio'])
     assert _pos(rows['force']['mem_ratio']) and _pos(rows['force']['mem_dense_mb'])  # --quick measures force's memory
+    assert _pos(rows['force']['mem_ratio_live']) and _pos(rows['force']['mem_dense_live_mb'])   # and with LIVE_ENV
+    assert math.isclose(rows['force']['mem_ratio_live'], rows['force']['mem_method_live_mb'] / rows['force']['mem_dense_live_mb'])
+    assert 'force_keep' in rows and rows['force_keep']['steps'] == res['config']['steps']   # the time/memory trade-off row
     header = stdout.splitlines()[stdout.splitlines().index(next(l for l in stdout.splitlines() if l.startswith('method ')))]
-    for col in ('method', 'model', 'device', 'ratio', 'mem ratio'): assert col in header
+    for col in ('method', 'model', 'device', 'ratio', 'mem ratio', 'live mem'): assert col in header
 
 
 def test_training_and_scaling(quick):
@@ -66,6 +69,12 @@ def test_training_and_scaling(quick):
     assert [s['steps'] for s in steps] == [2, 4]
     for s in steps: assert _pos(s['force_s']) and _pos(s['floor_s']) and _pos(s['force_per_step_s'])
     assert [r['model'] for r in res['scaling']['models']] == ['tiny']
+
+
+def test_unknown_method_is_refused(tmp_path):
+    r = _run('--methods', 'force,nope', '--out', str(tmp_path / 'x.json'), timeout=300)
+    assert r.returncode != 0 and 'nope' in (r.stderr + r.stdout)
+    assert not (tmp_path / 'x.json').exists()
 
 
 def test_unknown_model_is_refused(tmp_path):
