@@ -54,9 +54,9 @@ Where the time goes (cProfile and torch.profiler, FORCE, ResNet-50 at CIFAR size
   - the top-k with the saliency: 0.10 s. Per 64K piece: `mul_` + `abs_`, `ge` into the mask, `gt`, a count, a `sum`
     (NaN check) and the `nonzero` of the scores inside the bracket (0.02 s of the 0.10: every piece has some); PyTorch's
     comparisons into booleans run at ~0.4 ns an entry on one core, 4x slower than a multiply; Python ~0.03 s;
-  - running on masked weights: +0.05-0.07 s a step over the same pass on theta. A plain `theta.clone()` costs the same
-    as `theta * c` here (the layers read weights that were just written, not theta, which stays in cache between
-    passes); recomputing `theta * c` in the backward pass instead of keeping it adds 0.01-0.03 s.
+  - running on masked weights: +0.06-0.08 s a step over the same pass on theta. A plain `theta.clone()` costs about
+    as much as `theta * c` here (the layers read weights that were just written, not theta, which stays in cache
+    between passes); recomputing `theta * c` in the backward pass instead of keeping it adds 0.01-0.02 s.
 - So the overhead per step is 8-10 ns per prunable weight (0.11 s for ResNet-18's 11.2M, 0.10 s for the learner's 11.7M,
   0.18 s for VGG19's 20.0M and for ResNet-50's 23.5M): a few passes over m floats. Its weight next to a pass depends on the pass: small at
   64 px or for VGG19's wide 32 px layers, large for ResNet-50 and ResNet-18 at 32 px.

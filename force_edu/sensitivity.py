@@ -94,13 +94,10 @@ class _MaskedWeights(TorchFunctionMode):
     def _masked(self, a, made:list):
         i = self.index.get(id(a)) if isinstance(a, Tensor) else None
         if i is None: return a
-        if self.cs[i] is None:   # an unmasked layer: its dense weight, a view of theta (nothing to free)
-            w = self.theta[i].detach().requires_grad_()
-            self.edges.append((i, torch.autograd.graph.get_gradient_edge(w)))
-            return w
-        w = _Masked.apply(self.anchor, self.theta[i], self.cs[i])
+        masked = self.cs[i] is not None   # else an unmasked layer: its dense weight, a view of theta (nothing to free)
+        w = _Masked.apply(self.anchor, self.theta[i], self.cs[i]) if masked else self.theta[i].detach().requires_grad_()
         self.edges.append((i, torch.autograd.graph.get_gradient_edge(w)))
-        if w.numel():
+        if masked and w.numel():
             self.ptrs[w.untyped_storage().data_ptr()] = i
             made.append(w.untyped_storage().data_ptr())
         return w
@@ -209,7 +206,7 @@ class MaskedLoss:
         with saliency_mode(self.model, self.bn_mode), torch.enable_grad():
             total, n = None, 0
             for i, b in enumerate(batches):
-                if all(ci is None for ci in cs) or not _RECOMPUTE:   # c = None: the dense weights themselves (views: nothing is copied)
+                if all(ci is None for ci in cs) or not _RECOMPUTE:   # dense: views of theta; else masked copies kept for backward
                     w = [t.requires_grad_() for t in self.pruned_weights(cs)]
                     loss = self.loss(w, b)
                     self._check(loss.detach(), i)

@@ -180,3 +180,16 @@ def test_recompute_prunes_the_same_and_leaves_the_model_alone(monkeypatch):
             res[rc] = prune_at_init(model, repeat_batches(bs), 0.7, method, steps=4, bn_mode='train')
             assert same_fingerprint(before, model_fingerprint(model)), method
         assert res[True] == res[False], method
+
+
+def test_a_masked_layer_the_forward_never_uses_is_a_clear_error(monkeypatch):
+    "With a mask, a prunable weight the forward pass never touches is named in a `ValueError` (not a bare autograd error)."
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Linear(4, 3), nn.Linear(4, 3)
+        def forward(self, x): return self.used(x)
+    monkeypatch.setattr(S, '_RECOMPUTE', True)
+    ml = S.MaskedLoss(Unused())
+    c = ml.mask_list(torch.ones(ml.m, dtype=torch.bool))
+    with pytest.raises(ValueError, match='spare'): ml.grads([(torch.randn(5, 4), torch.randint(0, 3, (5,)))], c)
