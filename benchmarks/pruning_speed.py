@@ -30,6 +30,13 @@ of each side, and is the median of the method's times over the median of the flo
    applied by `torch.nn.utils.prune`: one multiply per prunable layer and forward) over the same learner without it,
    `--train-epochs` epochs each after one warm-up epoch; the one-off pruning at `before_fit` is not in the epoch time.
 4. **Scaling.** FORCE's time as T doubles (one model), and as the model grows (the FORCE rows).
+5. **Per weight and step.** For `force` and `force_keep` on each model: the overhead over the floor in nanoseconds per
+   prunable weight and step, the budget the 1.10 target allows (0.10 x the floor's time per step / m), and the **eager
+   minimum** (`eager_minimum`): the per-weight work of a step that no implementation made of PyTorch operations can skip,
+   each part timed in this process as one operation per layer at its fastest (preallocated, in place) on the model's own
+   weights: theta * c (twice when recomputed, the default; once for `force_keep`), |theta * g|, and one comparison of
+   every score into the boolean mask. The top-k's search for the threshold is not in it, so it is a lower bound:
+   `eager_min_ratio` is the ratio FORCE would reach if that search were free.
 
 Models: `vgg19` is the usual CIFAR variant of VGG19-BN (torchvision's `vgg19_bn().features`, then
 `AdaptiveAvgPool2d(1)` and `Linear(512, 10)`: torchvision's own 25088->4096 classifier is meant for 224 px inputs);
@@ -60,24 +67,48 @@ Where the time goes (cProfile and torch.profiler, FORCE, ResNet-50 at CIFAR size
 - So the overhead per step is 8-10 ns per prunable weight (0.11 s for ResNet-18's 11.2M, 0.10 s for the learner's 11.7M,
   0.18 s for VGG19's 20.0M and for ResNet-50's 23.5M): a few passes over m floats. Its weight next to a pass depends on the pass: small at
   64 px or for VGG19's wide 32 px layers, large for ResNet-50 and ResNet-18 at 32 px.
+- A third round (this file's `eager_minimum` and these notes) looked for what was left, on the real gradients of a
+  FORCE run on ResNet-50 (a top-k costs 0.14 s there at steps 1, 6, 13 and 19; masked pass 0.055 s over a dense one),
+  each variant timed in shuffled order against the current code; none is committed:
+  - `torch.compile` (inductor, CPU) of the fused pass (|g * theta|, the comparisons, the counts): 4x *slower* than
+    eager on 2.4M scores (its boolean stores), after 4-17 s of compiling; without the boolean outputs it fuses well.
+  - Reusing one buffer for the masked weights instead of a new tensor per layer: -4 ms a step (0.6%): allocation is
+    not what the masked pass costs; the multiplies are (0.021 s each for 23.5M weights, into a preallocated tensor).
+  - Comparisons into int32 or float and then bytes (PyTorch's comparisons into `bool` are not vectorised: 28 us per
+    64K piece, against 7-13 us into float or int32), the inside of the bracket found 8 bytes at a time, `index_select`
+    instead of indexing, the count from the finished mask: up to 1.6x faster per piece in isolation, but 0.145-0.19 s
+    against 0.144 s per top-k in situ (each needs more operations, and a piece's work is a dozen operations of ~5-40 us).
+  - Pieces of 32K, 128K or 256K scores instead of 64K: 0.141-0.146 s, flat.
+  - With glibc's trimming and mapping thresholds raised (`MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`), FORCE's
+    ratio on ResNet-50 is unchanged (1.33 and 1.33, T = 20): page faults are not the cost either.
+  What is left is the number of PyTorch operations over all m weights a step needs, each at ~0.2-1.4 ns an entry.
+  The eager minimum (item 5) puts a floor under it, measured; closing the rest would take one fused native kernel for
+  the top-k's pass (C++ or Triton), which this package does not ship.
 
-Results (`benchmarks/results/cpu.json`, 2 Xeon cores, 1 thread, load ~0.9 at the start):
+Results (`benchmarks/results/cpu.json`, 2 Xeon cores, 1 thread, load ~0.7 at the start; the library is the same as in
+the run before this one, which gave the numbers in brackets: the spread between runs is a few hundredths, and the
+floor of one row differs from another's by up to 3% in one run):
 
-- FORCE over its 20 passes: VGG19 1.16, ResNet-50 1.31, resnet18 learner (64 px) 1.20; `force_keep` 1.14, 1.26, 1.19;
-  iter_snip 1.37, grasp_it 1.35, SNIP 1.19 (ResNet-50). The 1.10 target is **not met** on this CPU (it was 1.21, 1.42,
-  1.17 before): the per-weight work above, measured, against a 32 px pass that is cheap for the number of weights.
-- GRASP 4.6x one pass: its gradient (1 pass), then Hg (a forward and a double backward, ~3 passes), and the top-k.
-- SynFlow 3.2x its floor (was 6.4): the floor is one float64 sample (0.09 s a step), the per-weight float64 work
-  dominates.
-- Memory, FORCE (default allocator / live): VGG19 1.27 / 1.16, ResNet-50 1.21 / 1.25, learner 1.18 / 1.19 (target
-  1.25; it was 1.5-2.3): one boolean mask and one layer's recomputed weight on top of a dense pass. `force_keep`: 1.30 /
-  1.43, 1.51 / 1.64, 1.29 / 1.39 (the masked copies, 94 MB for ResNet-50). iter_snip and grasp_it 1.43 / 1.37 (two
-  masks: c_t is their constraint), SNIP 1.07, GRASP 2.9 (the double backward's graph), SynFlow 3.5 (a float64 copy of
-  every parameter and buffer, and float64 gradients).
-- Training with `ForceCallback`: 1.04 s/epoch ratio in this run (1.06 in the run before it, same code: the spread
-  between runs is of that order; target 1.05); `torch.nn.utils.prune` multiplies weight_orig by the mask at every
-  forward and back-propagates through it.
-- Scaling: linear in T (0.27-0.29 s a step for T = 5...80 on ResNet-18 at 32 px, one timing each), and, per step,
+- FORCE over its 20 passes: VGG19 1.17 (1.16), ResNet-50 1.34 (1.31), resnet18 learner (64 px) 1.15 (1.20);
+  `force_keep` 1.19, 1.27, 1.13; iter_snip 1.36, grasp_it 1.36, SNIP 1.19 (ResNet-50). The 1.10 target is **not met**.
+- Per weight and step (item 5): FORCE's overhead is 9.5 / 8.6 / 6.8 ns (VGG19 / ResNet-50 / learner); the 1.10 target
+  allows 5.7 / 2.5 / 4.5 ns; the eager minimum is 5.1 / 5.0 / 5.3 ns (theta * c 0.027 / 0.030 / 0.016 s, twice;
+  |theta * g| 0.024 / 0.028 / 0.014 s; the comparison 0.025 / 0.029 / 0.016 s), which alone would give 1.09 / 1.20 /
+  1.12. So on ResNet-50 and on the learner no implementation made of PyTorch operations reaches 1.10 on this CPU, even
+  with a free top-k; on VGG19 the top-k's search would have to cost 0.6 ns a weight, where it costs ~4 ns. Keeping the
+  masked weights (`force_keep`) would lower the minimum to 1.07 / 1.15 / 1.09, for 1.4-1.6x the memory.
+- GRASP 4.7x one pass: its gradient (1 pass), then Hg (a forward and a double backward, ~3 passes), and the top-k.
+- SynFlow 3.2x its floor: the floor is one float64 sample (0.09 s a step), the per-weight float64 work dominates.
+- Memory, FORCE (default allocator / live): VGG19 1.43 / 1.17, ResNet-50 1.25 / 1.26, learner 1.23 / 1.19 (the run
+  before: 1.27 / 1.16, 1.21 / 1.25, 1.18 / 1.19; target 1.25): one boolean mask and one layer's recomputed weight on
+  top of a dense pass; what glibc keeps after a free moves the default-allocator column by up to 0.16 between runs
+  (VGG19). `force_keep`: 1.42 / 1.43, 1.54 / 1.63, 1.31 / 1.38 (the masked copies, 94 MB for ResNet-50). iter_snip and
+  grasp_it 1.44-1.45 / 1.37 (two masks: c_t is their constraint), SNIP 1.12 / 0.97, GRASP 2.9 (the double backward's
+  graph), SynFlow 3.5 (a float64 copy of every parameter and buffer, and float64 gradients).
+- Training with `ForceCallback`: 1.063 s/epoch ratio in this run; 1.036 and 1.057 in the two runs before (same
+  callback): around the 1.05 target, over it in two runs of three. `torch.nn.utils.prune` multiplies weight_orig by
+  the mask at every forward and back-propagates through it.
+- Scaling: linear in T (0.275-0.288 s a step for T = 5...80 on ResNet-18 at 32 px, one timing each), and, per step,
   linear in the number of weights m, not in the cost of a pass.
 
 Threads: `--threads 1` on a 2-core machine shared with other jobs: with 2 OpenMP threads and a load of ~8, a ResNet-50
@@ -210,6 +241,46 @@ def side_by_side(a, b, repeats:int, device) -> tuple[list[float], list[float]]:
     return ta, tb
 
 def _median(xs): return statistics.median(xs) if xs else None
+
+TARGET = 1.10   # the issue's time target: a FORCE run within 10% of its dense passes
+
+def eager_minimum(model, device, repeats:int=5) -> dict:
+    """Seconds of the per-weight work of one FORCE step that no implementation made of PyTorch operations can skip, each
+    part timed as one operation per layer at its fastest (into preallocated tensors, in place), on `model`'s own weights:
+    theta * c (the masked weights: once for the forward pass, and once more when recomputed in the backward pass, the
+    default), the saliency |theta * g| (a multiply and an `abs_`), and one comparison of every score with a threshold
+    into the boolean mask c_{t+1}. Finding the threshold (the top-k) is not in it: this is a lower bound, not an estimate."""
+    from force_edu.masks import prunable_layers
+    theta = [l.weight.detach() for l in prunable_layers(model).values()]
+    gen = torch.Generator(device=device).manual_seed(0)
+    g = [torch.randn(t.shape, generator=gen, device=device, dtype=t.dtype) * 1e-3 for t in theta]   # values do not change the cost
+    c = [(torch.rand(t.shape, generator=gen, device=device) < 0.5).view(torch.uint8) for t in theta]
+    w, s = [torch.empty_like(t) for t in theta], [torch.empty_like(t) for t in theta]
+    keep = [torch.empty(t.shape, dtype=torch.bool, device=device) for t in theta]
+    parts = dict(masked_copy=lambda: [torch.mul(t, ci, out=wi) for t, ci, wi in zip(theta, c, w)],
+                 saliency=lambda: [torch.mul(gi, t, out=si).abs_() for gi, t, si in zip(g, theta, s)],
+                 compare=lambda: [torch.ge(si, 1e-6, out=ki) for si, ki in zip(s, keep)])
+    for f in parts.values(): f()   # warm-up
+    times = {k: [] for k in parts}
+    for _ in range(repeats):
+        for k, f in parts.items(): times[k].append(_timed(f, device))
+    r = {f'{k}_s': _median(v) for k, v in times.items()}
+    r['per_step_s'] = 2 * r['masked_copy_s'] + r['saliency_s'] + r['compare_s']        # recompute (the default)
+    r['per_step_keep_s'] = r['masked_copy_s'] + r['saliency_s'] + r['compare_s']       # `force_keep`
+    r['prunable_weights'] = sum(t.numel() for t in theta)
+    return r
+
+def per_weight(row:dict, eager:dict|None) -> dict:
+    "Nanoseconds per prunable weight and step: FORCE's overhead over the floor, what the 1.10 target allows, the eager minimum."
+    m, T = row['prunable_weights'], row['steps']
+    ns = lambda sec: sec / T / m * 1e9 if T else None
+    d = dict(method=row['method'], model=row['model'], prunable_weights=m, steps=T, ratio=row['ratio'],
+             floor_per_step_s=row['floor_s'] / T, overhead_ns=ns(row['method_s'] - row['floor_s']),
+             budget_ns=ns((TARGET - 1) * row['floor_s']))
+    if eager is not None:
+        e = eager['per_step_keep_s' if row['method'] == 'force_keep' else 'per_step_s']
+        d.update(eager_min_ns=e / m * 1e9, eager_min_ratio=1 + e * T / row['floor_s'])
+    return d
 
 # ---------------------------------------------------------------------------------------------------------- memory
 def _rss_kb():
@@ -407,7 +478,7 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
     info = machine_info(device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}, {info['cpu']} "
           f"({info['cpu_count']} cores), load {info.get('loadavg_start')}", flush=True)
-    rows, plans, phases = [], {}, {}
+    rows, plans, phases, eager = [], {}, {}, {}
     tick = time.perf_counter()
     def phase(name):
         nonlocal tick
@@ -441,6 +512,12 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
             print(f"  {meth:<10} {name:<18} method {row['method_s']:.3f} s  floor {row['floor_s']:.3f} s  "
                   f"ratio {row['ratio']:.2f}", flush=True)
             if meth == 'synflow': del m64
+        if any(_base(m) == 'force' for m in meths):
+            eager[name] = eager_minimum(model, device)
+            e = eager[name]
+            print(f"  eager minimum {name:<18} {e['per_step_s']:.3f} s/step ({e['per_step_s'] / e['prunable_weights'] * 1e9:.1f} ns "
+                  f"a weight): theta*c {e['masked_copy_s']:.3f} s (x2), saliency {e['saliency_s']:.3f} s, "
+                  f"comparison {e['compare_s']:.3f} s", flush=True)
         del model, batches; gc.collect()
     phase('timing')
 
@@ -494,6 +571,8 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
             by_model.insert(0, dict(model=s['model'], prunable_weights=None, floor_per_pass_s=s['floor_per_pass_s'],
                                     force_per_step_s=s['force_per_step_s'], ratio=s['ratio']))
 
+    budget = [per_weight(r, eager.get(r['model'])) for r in rows if r['method'] in ('force', 'force_keep')]
+
     info['loadavg_end'] = os.getloadavg() if hasattr(os, 'getloadavg') else None
     info['seconds'] = time.perf_counter() - t_start
     info['phase_seconds'] = phases
@@ -503,7 +582,8 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
                               batches_per_step=batches_per_step, batch_size=batch_size, sparsity=sparsity, repeats=repeats,
                               bn_mode=bn_mode, mem_steps=mem_steps, mem_repeats=mem_repeats, mem_live_env=LIVE_ENV,
                               train_epochs=train_epochs, quick=quick),
-                  rows=rows, training=training, scaling=dict(steps=scaling, models=by_model))
+                  rows=rows, training=training, scaling=dict(steps=scaling, models=by_model), eager_minimum=eager,
+                  per_weight=budget)
     print()
     print(format_table(rows))
     if scaling:
@@ -516,6 +596,13 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
         for r in by_model:
             print(f"  {r['model']:<18} floor {r['floor_per_pass_s']:.3f} s/pass  force {r['force_per_step_s']:.3f} s/step  "
                   f"ratio {r['ratio']:.2f}")
+    if budget:
+        print(f"\nPer prunable weight and step (ns): FORCE's overhead over the floor, what ratio {TARGET} allows, and the "
+              f"eager minimum (theta*c, twice unless kept; |theta*g|; one comparison into the mask):")
+        for r in budget:
+            em = r.get('eager_min_ns')
+            print(f"  {r['method']:<10} {r['model']:<18} overhead {r['overhead_ns']:6.1f}  budget {r['budget_ns']:6.1f}  "
+                  f"eager minimum {_fmt(em, 6, '.1f')}" + ('' if em is None else f" (ratio {r['eager_min_ratio']:.3f} with a free top-k)"))
     if out:
         out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + '\n')

@@ -34,7 +34,7 @@ def test_help():
 
 def test_top_level(quick):
     _, res = quick
-    assert set(res) >= {'machine', 'command', 'config', 'rows', 'training', 'scaling'}
+    assert set(res) >= {'machine', 'command', 'config', 'rows', 'training', 'scaling', 'eager_minimum', 'per_weight'}
     m = res['machine']
     assert {'torch', 'cpu', 'cpu_count', 'threads', 'device'} <= set(m) and m['threads'] >= 1
     assert res['config']['quick'] is True and res['command'].startswith('python benchmarks/pruning_speed.py')
@@ -69,6 +69,27 @@ def test_training_and_scaling(quick):
     assert [s['steps'] for s in steps] == [2, 4]
     for s in steps: assert _pos(s['force_s']) and _pos(s['floor_s']) and _pos(s['force_per_step_s'])
     assert [r['model'] for r in res['scaling']['models']] == ['tiny']
+
+
+def test_per_weight_budget(quick):
+    "FORCE's overhead per weight and step, the 1.10 target's budget and the eager minimum are consistent with the rows."
+    stdout, res = quick
+    rows = {r['method']: r for r in res['rows']}
+    e = res['eager_minimum']['tiny']
+    for k in ('masked_copy_s', 'saliency_s', 'compare_s', 'per_step_s', 'per_step_keep_s'): assert _pos(e[k])
+    assert math.isclose(e['per_step_s'], 2 * e['masked_copy_s'] + e['saliency_s'] + e['compare_s'])
+    assert math.isclose(e['per_step_keep_s'], e['per_step_s'] - e['masked_copy_s'])
+    assert e['prunable_weights'] == rows['force']['prunable_weights']
+    pw = {r['method']: r for r in res['per_weight']}
+    assert set(pw) == {'force', 'force_keep'}
+    for meth, d in pw.items():
+        r, m, T = rows[meth], rows[meth]['prunable_weights'], rows[meth]['steps']
+        assert math.isclose(d['overhead_ns'], (r['method_s'] - r['floor_s']) / T / m * 1e9)
+        assert math.isclose(d['budget_ns'], 0.10 * r['floor_s'] / T / m * 1e9, rel_tol=1e-9)
+        per_step = e['per_step_keep_s' if meth == 'force_keep' else 'per_step_s']
+        assert math.isclose(d['eager_min_ns'], per_step / m * 1e9)
+        assert math.isclose(d['eager_min_ratio'], 1 + per_step * T / r['floor_s'])
+    assert 'Per prunable weight and step' in stdout and 'eager minimum tiny' in stdout
 
 
 def test_unknown_method_is_refused(tmp_path):
