@@ -68,7 +68,7 @@ Where the time goes (cProfile and torch.profiler, FORCE, ResNet-50 at CIFAR size
   0.18 s for VGG19's 20.0M and for ResNet-50's 23.5M): a few passes over m floats. Its weight next to a pass depends on the pass: small at
   64 px or for VGG19's wide 32 px layers, large for ResNet-50 and ResNet-18 at 32 px.
 - A third round (this file's `eager_minimum` and these notes) looked for what was left, on the real gradients of a
-  FORCE run on ResNet-50 (a top-k costs 0.14 s there at steps 1, 6, 13 and 19; masked pass 0.055 s over a dense one),
+  FORCE run on ResNet-50 (a top-k costs 0.14 s there at four steps spread over T = 20; the masked pass 0.055 s over a dense one),
   each variant timed in shuffled order against the current code; none is committed:
   - `torch.compile` (inductor, CPU) of the fused pass (|g * theta|, the comparisons, the counts): 4x *slower* than
     eager on 2.4M scores (its boolean stores), after 4-17 s of compiling; without the boolean outputs it fuses well.
@@ -76,7 +76,7 @@ Where the time goes (cProfile and torch.profiler, FORCE, ResNet-50 at CIFAR size
     not what the masked pass costs; the multiplies are (0.021 s each for 23.5M weights, into a preallocated tensor).
   - Comparisons into int32 or float and then bytes (PyTorch's comparisons into `bool` are not vectorised: 28 us per
     64K piece, against 7-13 us into float or int32), the inside of the bracket found 8 bytes at a time, `index_select`
-    instead of indexing, the count from the finished mask: up to 1.6x faster per piece in isolation, but 0.145-0.19 s
+    instead of indexing, the count from the finished mask: up to 2x faster per piece in isolation, but 0.145-0.19 s
     against 0.144 s per top-k in situ (each needs more operations, and a piece's work is a dozen operations of ~5-40 us).
   - Pieces of 32K, 128K or 256K scores instead of 64K: 0.141-0.146 s, flat.
   - With glibc's trimming and mapping thresholds raised (`MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`), FORCE's
@@ -270,17 +270,14 @@ def eager_minimum(model, device, repeats:int=5) -> dict:
     r['prunable_weights'] = sum(t.numel() for t in theta)
     return r
 
-def per_weight(row:dict, eager:dict|None) -> dict:
+def per_weight(row:dict, eager:dict) -> dict:
     "Nanoseconds per prunable weight and step: FORCE's overhead over the floor, what the 1.10 target allows, the eager minimum."
     m, T = row['prunable_weights'], row['steps']
-    ns = lambda sec: sec / T / m * 1e9 if T else None
-    d = dict(method=row['method'], model=row['model'], prunable_weights=m, steps=T, ratio=row['ratio'],
-             floor_per_step_s=row['floor_s'] / T, overhead_ns=ns(row['method_s'] - row['floor_s']),
-             budget_ns=ns((TARGET - 1) * row['floor_s']))
-    if eager is not None:
-        e = eager['per_step_keep_s' if row['method'] == 'force_keep' else 'per_step_s']
-        d.update(eager_min_ns=e / m * 1e9, eager_min_ratio=1 + e * T / row['floor_s'])
-    return d
+    e = eager['per_step_keep_s' if row['method'] == 'force_keep' else 'per_step_s']
+    return dict(method=row['method'], model=row['model'], prunable_weights=m, steps=T, ratio=row['ratio'],
+                floor_per_step_s=row['floor_s'] / T, overhead_ns=(row['method_s'] - row['floor_s']) / T / m * 1e9,
+                budget_ns=(TARGET - 1) * row['floor_s'] / T / m * 1e9, eager_min_ns=e / m * 1e9,
+                eager_min_ratio=1 + e * T / row['floor_s'])
 
 # ---------------------------------------------------------------------------------------------------------- memory
 def _rss_kb():
@@ -571,7 +568,7 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
             by_model.insert(0, dict(model=s['model'], prunable_weights=None, floor_per_pass_s=s['floor_per_pass_s'],
                                     force_per_step_s=s['force_per_step_s'], ratio=s['ratio']))
 
-    budget = [per_weight(r, eager.get(r['model'])) for r in rows if r['method'] in ('force', 'force_keep')]
+    budget = [per_weight(r, eager[r['model']]) for r in rows if r['method'] in ('force', 'force_keep')]
 
     info['loadavg_end'] = os.getloadavg() if hasattr(os, 'getloadavg') else None
     info['seconds'] = time.perf_counter() - t_start
@@ -600,9 +597,8 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
         print(f"\nPer prunable weight and step (ns): FORCE's overhead over the floor, what ratio {TARGET} allows, and the "
               f"eager minimum (theta*c, twice unless kept; |theta*g|; one comparison into the mask):")
         for r in budget:
-            em = r.get('eager_min_ns')
             print(f"  {r['method']:<10} {r['model']:<18} overhead {r['overhead_ns']:6.1f}  budget {r['budget_ns']:6.1f}  "
-                  f"eager minimum {_fmt(em, 6, '.1f')}" + ('' if em is None else f" (ratio {r['eager_min_ratio']:.3f} with a free top-k)"))
+                  f"eager minimum {r['eager_min_ns']:6.1f} (ratio {r['eager_min_ratio']:.3f} with a free top-k)")
     if out:
         out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + '\n')
