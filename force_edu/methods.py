@@ -21,10 +21,12 @@ from fastprogress.fastprogress import progress_bar
 from .masks import *
 from .masks import _times_mask
 from .sensitivity import *
+from .sensitivity import _plain
 
 # %% auto #0
-__all__ = ['SCHEDULE_MODES', 'METHODS', 'sparsity_schedule', 'repeat_batches', 'PruningMethod', 'register_method', 'get_method',
-           'PruningJob', 'prune_at_init', 'model_fingerprint', 'same_fingerprint']
+__all__ = ['SCHEDULE_MODES', 'METHODS', 'sparsity_schedule', 'repeat_batches', 'tempered_loss', 'check_temperature',
+           'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'PruningJob', 'prune_at_init',
+           'model_fingerprint', 'same_fingerprint']
 
 # %% ../nbs/02_methods.ipynb #b3e22b74
 SCHEDULE_MODES = ('exp', 'linear')
@@ -65,6 +67,57 @@ def repeat_batches(dl:Iterable, # a re-iterable source of batches (DataLoader, l
             if n is not None and i >= n: return
         if empty: raise ValueError("the data loader is empty: it yields no batch")
 
+# %% ../nbs/02_methods.ipynb #8a070a80
+def tempered_loss(loss_func:Callable, # the saliency loss `loss_func(output, target)`
+                  temperature:float, # the logits are divided by this (GraSP's code: 200)
+                 ) -> Callable:
+    "`loss_func(output / temperature, target)`: the saliency loss of GraSP's official code when `loss_func` is cross-entropy."
+    def loss(output, target): return loss_func(output / temperature, target)
+    loss.temperature, loss.base = temperature, loss_func
+    return loss
+
+def check_temperature(temperature, # the requested temperature (`None`: the method's default)
+                      method:PruningMethod, # the method it is used with
+                     ) -> float:
+    "The temperature to use: a positive finite number; an error for data-free methods, which have no saliency loss."
+    if temperature is None: return method.default_temperature
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a positive number (1: the plain loss; GraSP's code: 200), got {temperature!r}")
+    if not method.uses_data and temperature != 1:
+        raise ValueError(f"temperature applies to the saliency loss, and method {method.name!r} uses no data: leave it at None")
+    return float(temperature)
+
+# %% ../nbs/02_methods.ipynb #ce33282f
+class BalancedBatches:
+    "Class-balanced batches from a stream of `(x, y)` batches: the first `per_class` examples of each class, class by class."
+    def __init__(self, batches:Iterable, # a re-iterable source of (x, y) batches with integer class labels
+                 per_class:int, # examples of each class in a batch (GraSP's code: 10 for CIFAR-10)
+                 n_classes:int, # number of classes $C$; labels are in [0, C)
+                ):
+        for nm, v in (('per_class', per_class), ('n_classes', n_classes)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{nm} must be an integer >= 1, got {v!r}")
+        self.batches, self.per_class, self.n_classes = batches, int(per_class), int(n_classes)
+
+    def __iter__(self):
+        n, C = self.per_class, self.n_classes
+        new = lambda: ([[] for _ in range(C)], [[] for _ in range(C)], [0] * C)
+        (xs, ys, have), yielded = new(), False
+        for xb, yb in self.batches:
+            xb, yb = _plain(xb), _plain(yb)
+            if yb.dtype.is_floating_point or yb.min() < 0 or yb.max() >= C:
+                raise ValueError(f"BalancedBatches needs integer labels in [0, {C}); got {yb.dtype} labels "
+                                 f"from {yb.min().item()} to {yb.max().item()}")
+            for c in range(C):   # the first examples of class c in this batch, as many as it still needs
+                idx = (yb == c).nonzero().flatten()[:n - have[c]]
+                if len(idx): xs[c].append(xb[idx]); ys[c].append(yb[idx]); have[c] += len(idx)
+            if min(have) == n:   # every class full: one batch, class by class; the rest of this source batch is skipped
+                yield torch.cat([t for l in xs for t in l]), torch.cat([t for l in ys for t in l])
+                (xs, ys, have), yielded = new(), True
+        if not yielded:
+            raise ValueError(f"one pass over the batches did not hold {n} examples of each of the {C} classes "
+                             f"(found {have}): lower per_class or check n_classes")
+
 # %% ../nbs/02_methods.ipynb #29e57dbf
 @dataclass(frozen=True)
 class PruningMethod:
@@ -76,6 +129,7 @@ class PruningMethod:
     default_steps: int # steps (iterative) or batch groups averaged (one-shot) when `steps=None`
     summary: str # one line for tables and error messages
     needs_input: bool = False # needs an input shape (from `input_shape` or the first batch) though not the data
+    default_temperature: float = 1. # the saliency loss sees the logits divided by this when `temperature=None`
 
 METHODS: dict[str, PruningMethod] = {}
 
@@ -85,11 +139,13 @@ def register_method(name:str, # registry key
                     default_steps:int=1, # default for `steps`
                     summary:str='', # one line describing it
                     needs_input:bool=False, # needs an input shape but no data (SynFlow)
+                    default_temperature:float=1., # logits divided by this in the saliency loss when `temperature=None`
                    ):
     "Decorator adding `run(job) -> flat mask` to `METHODS` under `name`."
     def _inner(run):
         METHODS[name] = PruningMethod(name, run, iterative, uses_data, default_steps,
-                                      summary or (run.__doc__ or '').strip(), needs_input)
+                                      summary or (run.__doc__ or '').strip(), needs_input,
+                                      float(default_temperature))
         return run
     return _inner
 
@@ -117,6 +173,7 @@ class PruningJob:
                  progress:bool=False, # show a `fastprogress` bar over the steps
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
                  input_shape:tuple|None=None, # input shape without the batch dimension (SynFlow without batches)
+                 temperature:float|None=None, # divide the logits by this in the saliency loss (GraSP's code: 200); `None`: the method's default
                 ):
         self.method = get_method(method)
         self.sparsity = check_sparsity(sparsity)
@@ -129,6 +186,8 @@ class PruningJob:
         check_bn_mode(bn_mode)
         self.model, self.steps, self.mode, self.batches_per_step = model, steps, mode, batches_per_step
         self.seed, self.progress, self.on_step, self.input_shape = seed, progress, on_step, input_shape
+        self.temperature = check_temperature(temperature, self.method)
+        if self.temperature != 1: loss_func = tempered_loss(loss_func, self.temperature)
         self.loss = MaskedLoss(model, loss_func, layer_types, bn_mode)   # raises if no prunable layer
         self.m = self.loss.m
         self.k = n_kept(self.m, self.sparsity)
@@ -302,11 +361,12 @@ def prune_at_init(model:nn.Module, # the network at initialisation (not modified
                   progress:bool=False, # show a `fastprogress` bar over the steps
                   on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
                   input_shape:tuple|None=None, # input shape without the batch dimension, for data-free SynFlow without batches
+                  temperature:float|None=None, # divide the logits by this in the saliency loss (GraSP's code: 200); `None`: the method's default
                  ) -> Masks:
     "Compute a pruning mask for `model` at initialisation with `method`; the model is left unchanged."
     with torch.inference_mode(False):   # also works when called under `torch.inference_mode()`
         job = PruningJob(model, batches, sparsity, method, steps, mode, batches_per_step, loss_func, layer_types,
-                         bn_mode, seed, progress, on_step, input_shape)
+                         bn_mode, seed, progress, on_step, input_shape, temperature)
         if job.k == job.m: return Masks.ones_like(model, layer_types)
         on_cuda = any(t.is_cuda for t in job.theta)
         with saliency_mode(model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda):

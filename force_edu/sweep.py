@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/sweep.html.md"""
 
 # %% ../nbs/09_sweep.ipynb #3b529a79
 from __future__ import annotations
-import hashlib, inspect, json, math, numbers, os, random, time, warnings
+import fcntl, hashlib, inspect, json, math, numbers, os, random, time, warnings
 from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,7 @@ from fastprogress.fastprogress import master_bar, progress_bar
 
 from .masks import *
 from .sensitivity import check_bn_mode, raw_logit_nll
-from .methods import METHODS, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init
+from .methods import METHODS, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init, check_temperature, tempered_loss, BalancedBatches
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
 
 _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   # the package's default BatchNorm mode
@@ -30,7 +30,7 @@ _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   #
 # %% auto #0
 __all__ = ['ARCHS', 'TRAIN_FIELDS', 'PRUNE_FIELDS', 'LOSSES', 'kaiming_init', 'small_vgg', 'BasicBlock', 'SmallResNet',
            'small_resnet', 'make_model', 'arch_channels', 'sweep_dls', 'pruning_fields', 'run_key', 'train_run',
-           'atomic_write_text', 'load_results', 'save_results', 'Sweep', 'run_sweep', 'sweep']
+           'atomic_write_text', 'load_results', 'save_results', 'append_result', 'Sweep', 'run_sweep', 'sweep']
 
 # %% ../nbs/09_sweep.ipynb #fa83ce3a
 def kaiming_init(model:nn.Module, # the network, initialised in place
@@ -159,7 +159,8 @@ def sweep_dls(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder
 
 # %% ../nbs/09_sweep.ipynb #c1d40ff3
 TRAIN_FIELDS = ('data', 'arch', 'width', 'n_train', 'n_valid', 'size', 'bs', 'epochs', 'lr', 'data_seed')   # configuration of every run
-PRUNE_FIELDS = ('steps', 'mode', 'batches_per_step', 'bn_mode', 'loss')   # configuration of the pruning, where the method uses it
+PRUNE_FIELDS = ('steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature', 'samples_per_class')   # configuration of the pruning, where the method uses it
+_KEY_DEFAULTS = {'temperature': 1., 'samples_per_class': None}   # fields added later: left out of `run_key` at these values, so older records keep their key
 LOSSES = {'cross_entropy': None, 'raw_nll': raw_logit_nll}   # saliency losses: the training loss, or the official code's NLL of raw logits
 
 def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
@@ -171,7 +172,8 @@ def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
     m = get_method(method)
     if m.iterative: out.update(steps=cfg['steps'], mode=cfg['mode'])
     elif m.default_steps > 1: out.update(steps=cfg['steps'])   # the -MB methods average over `steps` groups of batches
-    if m.uses_data: out.update(batches_per_step=cfg['batches_per_step'], bn_mode=cfg['bn_mode'], loss=cfg['loss'])
+    if m.uses_data: out.update(batches_per_step=cfg['batches_per_step'], bn_mode=cfg['bn_mode'], loss=cfg['loss'],
+                               temperature=check_temperature(cfg.get('temperature'), m), samples_per_class=cfg.get('samples_per_class'))
     return out
 
 def run_key(rec:dict, # a run record (or any dict with the key fields)
@@ -181,6 +183,8 @@ def run_key(rec:dict, # a run record (or any dict with the key fields)
     k['sparsity'] = round(float(rec['sparsity']), 10)
     k.update(pruning_fields(rec['method'], rec) if rec['method'] == 'dense' or rec['method'] in METHODS else
              {f: rec.get(f) for f in PRUNE_FIELDS})
+    for f, default in _KEY_DEFAULTS.items():
+        if k.get(f) in (None, default): k.pop(f, None)
     return json.dumps(k, sort_keys=True)
 
 # %% ../nbs/09_sweep.ipynb #17d8d4de
@@ -225,9 +229,14 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
     pf = pruning_fields(method, cfg)
     cb = None
     if method != 'dense':
+        loss_func = LOSSES[pf['loss'] or 'cross_entropy']
+        if pf['temperature'] not in (None, 1): loss_func = tempered_loss(loss_func or F.cross_entropy, pf['temperature'])
         cb = PruneAtInitCallback(sparsity, method, steps=pf['steps'], mode=pf['mode'] or 'exp',
                                  batches_per_step=pf['batches_per_step'] or 1, bn_mode=pf['bn_mode'] or _BN_DEFAULT,
-                                 loss_func=LOSSES[pf['loss'] or 'cross_entropy'], seed=seed, progress=False, verbose=False)
+                                 loss_func=loss_func, seed=seed, progress=False, verbose=False)
+        if pf['samples_per_class']:   # score class-balanced batches drawn from the training stream
+            spc, n_classes, prune = pf['samples_per_class'], len(dls.vocab), cb._prune
+            cb._prune = lambda model, dl: prune(model, BalancedBatches(dl, spc, n_classes))
     cbs = [c for c in (cb, None if mb is None else _run_bar(mb, f"{method} {sparsity:g} seed {seed}")) if c is not None]
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, path=path, cbs=cbs)
     t0 = time.perf_counter()
@@ -284,6 +293,17 @@ def save_results(path:str|Path, # destination, usually `DIR/results.json`
     "Write `records` to `path` atomically, as indented JSON."
     return atomic_write_text(path, json.dumps(records, indent=1) + '\n')
 
+def append_result(path:str|Path, # the `results.json` to add to (created if missing)
+                  record:dict, # one run's record
+                 ) -> Path:
+    "Add `record` to `path` under an exclusive lock on its folder (`fcntl.flock`), so sweeps running side by side lose no record."
+    path = Path(path)
+    fd = os.open(path.parent, os.O_RDONLY)   # a lock on the folder leaves no lock file behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return save_results(path, load_results(path) + [record])
+    finally: os.close(fd)   # closing releases the lock
+
 # %% ../nbs/09_sweep.ipynb #f384f027
 def _check_int(v, name, lo=1, none_ok=False):
     if v is None and none_ok: return None
@@ -316,6 +336,8 @@ class Sweep:
                  loss:str='cross_entropy', # saliency loss: 'cross_entropy' (the training loss) or 'raw_nll' (the official code's)
                  dense:bool=True, # include one dense run per seed (the horizontal line)
                  data_seed:int=42, # seed of the data subsets and split
+                 temperature:float|None=None, # logits divided by this in the saliency loss (GraSP's code: 200); `None`: each method's default
+                 samples_per_class:int|None=None, # score class-balanced batches of this many examples per class (GraSP's code: 10); `None`: plain batches
                 ):
         methods, sparsities, seeds = _as_list(methods), _as_list(sparsities), _as_list(seeds)
         if 'dense' in methods: dense, methods = True, [m for m in methods if m != 'dense']
@@ -336,13 +358,18 @@ class Sweep:
         if mode not in SCHEDULE_MODES: raise ValueError(f"mode must be one of {SCHEDULE_MODES}, got {mode!r}")
         check_bn_mode(bn_mode)
         if loss not in LOSSES: raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        for meth in methods:   # a bad value fails here; data-free methods ignore the temperature
+            if get_method(meth).uses_data: check_temperature(temperature, get_method(meth))
+        if temperature is not None and not any(get_method(m).uses_data for m in methods):
+            raise ValueError("temperature applies to the saliency loss, and none of the methods uses data: leave it out")
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.cfg = dict(data=str(data), arch=str(arch), width=_check_int(width, 'width'), n_train=_check_int(n_train, 'n_train', none_ok=True),
                         n_valid=_check_int(n_valid, 'n_valid', none_ok=True), size=_check_int(size, 'size', none_ok=True),
                         bs=_check_int(bs, 'bs'), epochs=_check_int(epochs, 'epochs'), lr=float(lr), data_seed=_check_int(data_seed, 'data_seed', lo=0),
                         steps=_check_int(steps, 'steps'), mode=mode, batches_per_step=_check_int(batches_per_step, 'batches_per_step'),
-                        bn_mode=bn_mode, loss=loss)
+                        bn_mode=bn_mode, loss=loss, temperature=None if temperature is None else float(temperature),
+                        samples_per_class=_check_int(samples_per_class, 'samples_per_class', none_ok=True))
         self.methods, self.sparsities, self.seeds, self.dense = methods, sparsities, seeds, bool(dense)
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir(): raise ValueError(f"out={str(out)!r} exists and is not a folder")
@@ -432,7 +459,7 @@ class Sweep:
             for i in (mb if mb is not None else range(len(todo))):
                 r = todo[i]
                 rec = train_run(self.cfg, r['method'], r['sparsity'], r['seed'], self.dls, self.n_in, self.chain, self.out, mb)
-                save_results(self.results_path, load_results(self.results_path) + [rec])
+                append_result(self.results_path, rec)
                 self.ran += 1
                 line = (f"{rec['method']:>10s}  sparsity {rec['sparsity']:<6g} seed {rec['seed']}  accuracy {rec['accuracy']:.4f}  "
                         f"dead layers {rec['n_dead_layers']}  pruning {rec['prune_s']:.1f} s  training {rec['train_s']:.1f} s")
@@ -464,7 +491,7 @@ def run_sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder
               progress:bool=True, # show a `fastprogress` master bar over the runs
               verbose:bool=True, # print one line per run and the final table
               threads:int|None=1, # torch CPU threads while it runs (`None`: leave as is)
-              **kwargs, # more `Sweep` options: n_valid, width, lr, bs, size, mode, batches_per_step, loss, dense, data_seed
+              **kwargs, # more `Sweep` options: n_valid, width, lr, bs, size, mode, batches_per_step, loss, dense, data_seed, temperature, samples_per_class
              ):
     "Prune, train and evaluate every (method, sparsity, seed) not yet in `out/results.json`; save each run at once; plot; return the records."
     sw = Sweep(data, arch, methods, sparsities, epochs, seeds, out, steps, bn_mode, n_train, **kwargs)
@@ -490,6 +517,8 @@ def sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CI
           mode:str='exp', # sparsity schedule of iterative methods: exp or linear
           batches_per_step:int=1, # batches averaged at each pruning step
           loss:str='cross_entropy', # saliency loss: cross_entropy or raw_nll (the official code's)
+          temperature:float=None, # divide the logits by this in the saliency loss (GraSP's code: 200; default: each method's own)
+          samples_per_class:int=None, # score class-balanced batches of this many images per class (GraSP's code: 10; default: plain batches)
           dense:bool=True, # one dense run per seed, the horizontal line (--no-dense: leave it out)
           threads:int=1, # torch CPU threads
           progress:bool=True, # a progress bar over the runs (--no-progress: plain lines)
@@ -498,7 +527,8 @@ def sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CI
     try:
         sw = Sweep(data=data, arch=arch, methods=methods, sparsities=sparsities, epochs=epochs, seeds=seeds, out=out, steps=steps,
                    bn_mode=bn_mode, n_train=n_train, n_valid=n_valid, width=width, lr=lr, bs=bs, size=size, mode=mode,
-                   batches_per_step=batches_per_step, loss=loss, dense=dense)
+                   batches_per_step=batches_per_step, loss=loss, dense=dense, temperature=temperature,
+                   samples_per_class=samples_per_class)
     except (ValueError, FileNotFoundError) as e: raise CliError(f"force-edu sweep: error: {e}") from None
     try: sw.run(progress=progress, verbose=True, threads=threads)
     except KeyboardInterrupt: return 130
