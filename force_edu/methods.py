@@ -21,6 +21,7 @@ from fastprogress.fastprogress import progress_bar
 from .masks import *
 from .masks import _times_mask
 from .sensitivity import *
+from .sanity import erk_mask, smart_ratio_mask
 from .sensitivity import _plain
 
 # %% auto #0
@@ -130,6 +131,7 @@ class PruningMethod:
     summary: str # one line for tables and error messages
     needs_input: bool = False # needs an input shape (from `input_shape` or the first batch) though not the data
     default_temperature: float = 1. # the saliency loss sees the logits divided by this when `temperature=None`
+    scored: bool = True # ranks saliency scores with `PruningJob.topk`, so `invert=True` applies (False: a random mask)
 
 METHODS: dict[str, PruningMethod] = {}
 
@@ -140,12 +142,13 @@ def register_method(name:str, # registry key
                     summary:str='', # one line describing it
                     needs_input:bool=False, # needs an input shape but no data (SynFlow)
                     default_temperature:float=1., # logits divided by this in the saliency loss when `temperature=None`
+                    scored:bool=True, # ranks scores with `job.topk` (False for a random mask: `invert=True` is then refused)
                    ):
     "Decorator adding `run(job) -> flat mask` to `METHODS` under `name`."
     def _inner(run):
         METHODS[name] = PruningMethod(name, run, iterative, uses_data, default_steps,
                                       summary or (run.__doc__ or '').strip(), needs_input,
-                                      float(default_temperature))
+                                      float(default_temperature), bool(scored))
         return run
     return _inner
 
@@ -174,6 +177,7 @@ class PruningJob:
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
                  input_shape:tuple|None=None, # input shape without the batch dimension (SynFlow without batches)
                  temperature:float|None=None, # divide the logits by this in the saliency loss (GraSP's code: 200); `None`: the method's default
+                 invert:bool=False, # keep the k lowest scores instead of the k highest (at every step of an iterative method)
                 ):
         self.method = get_method(method)
         self.sparsity = check_sparsity(sparsity)
@@ -184,6 +188,10 @@ class PruningJob:
         steps, batches_per_step = int(steps), int(batches_per_step)
         if mode not in SCHEDULE_MODES: raise ValueError(f"mode must be one of {SCHEDULE_MODES}, got {mode!r}")
         check_bn_mode(bn_mode)
+        if not isinstance(invert, bool): raise ValueError(f"invert must be True or False, got {invert!r}")
+        if invert and not self.method.scored:
+            raise ValueError(f"invert=True keeps the k lowest scores, but method {method!r} ranks no scores (it draws a random mask)")
+        self.invert, self.n_ranked = invert, 0   # `n_ranked`: top-k calls made through `topk`
         self.model, self.steps, self.mode, self.batches_per_step = model, steps, mode, batches_per_step
         self.seed, self.progress, self.on_step, self.input_shape = seed, progress, on_step, input_shape
         self.temperature = check_temperature(temperature, self.method)
@@ -216,6 +224,22 @@ class PruningJob:
             out.append(b); self._taken += 1
         return out
 
+    def topk(self, scores, # the saliency of every weight: one tensor, or one per layer (overwritten when `scale` is given)
+             k:int, # number of weights to keep
+             allowed=None, # boolean mask(s) like `scores`: only these may be kept (eq. 7's constraint)
+             out:Tensor|None=None, # a flat boolean buffer to write the mask into
+             scale=None, # tensors like `scores`: rank |scores * scale| (FORCE's |theta * grad|)
+            ) -> Tensor:
+        "`topk_mask(scores, k, ...)`; with `invert`, the same on the negated scores, so the `k` lowest are kept. Scored methods rank through this."
+        self.n_ranked += 1
+        if not self.invert: return topk_mask(scores, k, allowed=allowed, out=out, scale=scale)
+        parts = [scores] if isinstance(scores, Tensor) else list(scores)
+        if scale is not None:   # |scores * scale| first, then its negation (new tensors: the scores may be the model's own)
+            scale = [scale] if isinstance(scale, Tensor) else list(scale)
+            neg = [torch.mul(p.reshape(-1), s.reshape(-1)).abs_().neg_() for p, s in zip(parts, scale)]
+        else: neg = [~p if p.dtype == torch.bool else p.neg() for p in parts]
+        return topk_mask(neg, k, allowed=allowed, out=out)   # the k largest of -s: the k smallest of s, ties to the lowest index
+
     def flat(self, tensors:list[Tensor]) -> Tensor:
         "Concatenate per-layer tensors into one flat vector (at least float32; float64 stays float64)."
         flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -240,7 +264,7 @@ def _one_shot_batches(job):
     bs = job.take(job.n_batches)
     return bs
 
-@register_method('random', iterative=False, uses_data=False, summary='keep k weights uniformly at random')
+@register_method('random', iterative=False, uses_data=False, scored=False, summary='keep k weights uniformly at random')
 def _random(job):
     seed = int.from_bytes(os.urandom(7), 'little') if job.seed is None else job.seed   # leaves torch's global RNG alone
     g = torch.Generator().manual_seed(seed)
@@ -248,17 +272,17 @@ def _random(job):
 
 @register_method('magnitude', iterative=False, uses_data=False, summary='keep the k largest |theta|')
 def _magnitude(job):
-    return topk_mask([t.abs() for t in job.theta], job.k)
+    return job.topk([t.abs() for t in job.theta], job.k)
 
 def _snip(job):
     g = job.loss.grads(_one_shot_batches(job))
-    return topk_mask(g, job.k, scale=job.theta)   # |theta * g|, computed in place in the gradients
+    return job.topk(g, job.k, scale=job.theta)   # |theta * g|, computed in place in the gradients
 
 def _grasp(job):
     bs = _one_shot_batches(job)
     g = job.loss.grads(bs)
     hg = job.loss.hvp(bs, g)
-    return topk_mask([h.mul_(t) for t, h in zip(job.theta, hg)], job.k)   # theta * Hg, in place
+    return job.topk([h.mul_(t) for t, h in zip(job.theta, hg)], job.k)   # theta * Hg, in place
 
 register_method('snip', iterative=False, summary='one shot, top-k of |theta * grad L(theta)| on one batch (eq. 3)')(_snip)
 register_method('snip_mb', iterative=False, default_steps=300,
@@ -266,6 +290,17 @@ register_method('snip_mb', iterative=False, default_steps=300,
 register_method('grasp', iterative=False, summary='one shot, keep the top-k of theta * Hg (eq. 4)')(_grasp)
 register_method('grasp_mb', iterative=False, default_steps=300,
                 summary='GRASP averaged over steps x batches_per_step batches')(_grasp)
+
+# %% ../nbs/02_methods.ipynb #erk-smart-code
+def _job_seed(job): return int.from_bytes(os.urandom(7), 'little') if job.seed is None else job.seed   # leaves torch's global RNG alone
+
+@register_method('erk', iterative=False, uses_data=False, scored=False,
+                 summary="keep k weights at random within each layer, RigL's Erdős–Rényi-Kernel layer densities")
+def _erk(job): return erk_mask(job.loss.shapes, job.k, _job_seed(job)).flat()
+
+@register_method('smart_ratio', iterative=False, uses_data=False, scored=False,
+                 summary="keep k weights at random within each layer, Su et al.'s smart-ratio layer densities")
+def _smart_ratio(job): return smart_ratio_mask(job.loss.shapes, job.k, _job_seed(job)).flat()
 
 # %% ../nbs/02_methods.ipynb #7374484f
 def _progressive(job, saliency, resurrect:bool):
@@ -277,7 +312,7 @@ def _progressive(job, saliency, resurrect:bool):
         bs = job.take(job.batches_per_step) if job.method.uses_data else None
         scores = saliency(job.layers(c), bs)
         scores, scale = scores if isinstance(scores, tuple) else (scores, None)   # (scores, scale): |scores * scale|
-        c = topk_mask(scores, job.schedule[t], allowed=None if resurrect else c, out=bufs[t % len(bufs)], scale=scale)   # eq. 7: c_{t+1} in c_t
+        c = job.topk(scores, job.schedule[t], allowed=None if resurrect else c, out=bufs[t % len(bufs)], scale=scale)   # eq. 7: c_{t+1} in c_t
         del scores   # the gradients the scores were written into are freed before the next step's passes
         job.step_done(t, c)
     return c
@@ -362,15 +397,18 @@ def prune_at_init(model:nn.Module, # the network at initialisation (not modified
                   on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
                   input_shape:tuple|None=None, # input shape without the batch dimension, for data-free SynFlow without batches
                   temperature:float|None=None, # divide the logits by this in the saliency loss (GraSP's code: 200); `None`: the method's default
+                  invert:bool=False, # keep the k lowest scores instead of the k highest, at every step (Frankle et al.'s inverted scores)
                  ) -> Masks:
     "Compute a pruning mask for `model` at initialisation with `method`; the model is left unchanged."
     with torch.inference_mode(False):   # also works when called under `torch.inference_mode()`
         job = PruningJob(model, batches, sparsity, method, steps, mode, batches_per_step, loss_func, layer_types,
-                         bn_mode, seed, progress, on_step, input_shape, temperature)
+                         bn_mode, seed, progress, on_step, input_shape, temperature, invert)
         if job.k == job.m: return Masks.ones_like(model, layer_types)
         on_cuda = any(t.is_cuda for t in job.theta)
         with saliency_mode(model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda):
             flat = job.method.run(job)
+        if invert and job.n_ranked == 0:
+            raise ValueError(f"method {method!r} does not rank its scores with `job.topk`, so invert=True cannot apply to it")
     masks = Masks.from_flat(flat, job.loss.shapes)
     assert masks.kept == job.k, (masks.kept, job.k)
     return masks

@@ -277,3 +277,61 @@ def test_bad_input_gives_one_line_value_errors():
     one_line_value_error(lambda: density_table({}), 'non-empty mapping')
     one_line_value_error(lambda: density_table({'a': masks, 'b': Masks.ones_like(other)}), 'different layers')
     assert masks == before and same_fingerprint(fp, model_fingerprint(model))
+
+
+# --- the methods module: erk and smart_ratio registered, inverted scores -----------------------------------------------
+
+def digit_batches(n, bs=32):
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32).view(-1, 1, 8, 8); y = torch.tensor(y, dtype=torch.long)
+    return [(X[i * bs:(i + 1) * bs], y[i * bs:(i + 1) * bs]) for i in range(n)]
+
+
+@pytest.mark.parametrize('name', ['erk', 'smart_ratio'])
+def test_density_baselines_are_data_free_methods(name):
+    from force_edu.methods import METHODS
+    meth = METHODS[name]
+    assert not meth.uses_data and not meth.iterative and not meth.scored
+    model = cnn()
+    fp = model_fingerprint(model)
+    ref = erk_mask if name == 'erk' else smart_ratio_mask
+    for sparsity in (0.5, 0.9, 0.99, 0.999):
+        c = prune_at_init(model, None, sparsity, name, seed=4)
+        k = round((1 - sparsity) * c.total)
+        assert c.kept == k and c == ref(model, k, seed=4)
+    assert same_fingerprint(fp, model_fingerprint(model))
+
+
+def test_inverted_snip_is_the_complement_of_snip_when_scores_do_not_tie():
+    model, bs = cnn(), digit_batches(1)
+    m = Masks.ones_like(model).total
+    fp = model_fingerprint(model)
+    inv = prune_at_init(model, bs, 0.9, 'snip', invert=True)
+    k = inv.kept
+    assert torch.equal(inv.flat(), ~prune_at_init(model, bs, k / m, 'snip').flat())
+    assert same_fingerprint(fp, model_fingerprint(model))
+
+
+@pytest.mark.parametrize('method', ['iter_snip', 'force', 'synflow', 'grasp_it'])
+def test_inverted_iterative_methods_invert_every_step(method):
+    "Each step keeps k_t weights; with eq. 7 inside the previous mask; never the same masks as the method itself."
+    from force_edu.methods import METHODS, repeat_batches, sparsity_schedule
+    model = cnn()
+    fp = model_fingerprint(model)
+    seen, plain = [], []
+    prune_at_init(model, repeat_batches(digit_batches(3)), 0.95, method, steps=4, invert=True, on_step=lambda t, k, c: seen.append(c.flat()))
+    prune_at_init(model, repeat_batches(digit_batches(3)), 0.95, method, steps=4, on_step=lambda t, k, c: plain.append(c.flat()))
+    m = Masks.ones_like(model).total
+    assert [int(c.sum()) for c in seen] == sparsity_schedule(m, round(0.05 * m), 4)
+    assert all(not torch.equal(a, b) for a, b in zip(seen, plain))   # inverted at the first step already, and at every later one
+    if method != 'force':
+        assert all(int((b & ~a).sum()) == 0 for a, b in zip(seen, seen[1:]))
+    assert same_fingerprint(fp, model_fingerprint(model))
+
+
+def test_invert_bad_input():
+    model = cnn()
+    for name in ('random', 'erk', 'smart_ratio'):
+        one_line_value_error(lambda: prune_at_init(model, None, 0.9, name, invert=True), 'ranks no scores')
+    one_line_value_error(lambda: prune_at_init(model, digit_batches(1), 0.9, 'snip', invert=1), 'invert must be True or False')
