@@ -25,10 +25,11 @@ _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   #
 # %% auto #0
 __all__ = ['METHOD_STYLES', 'as_masks', 'dead_layers', 'method_style', 'layer_density_plot', 'merge_ops', 'Connectivity',
            'disconnected_weights', 'MaskHistory', 'mask_history', 'consistency_plot', 'saliency_vs_steps',
-           'saliency_vs_steps_plot', 'sweep_summary', 'sweep_table', 'sweep_plot', 'pruning_metrics']
+           'saliency_vs_steps_plot', 'sweep_summary', 'sweep_table', 'sweep_plot', 'paired_difference',
+           'pruning_metrics']
 
 # %% ../nbs/05_analysis.ipynb #8b66d8c2
-def as_masks(x, # a `Masks`, or a model carrying `torch.nn.utils.prune` masks (after `Masks.apply` or a pruning callback)
+def as_masks(x, # a `Masks`, or a pruned model (after `Masks.apply` or a pruning callback)
             ) -> Masks:
     "`x` itself if it is a `Masks`, else the masks the pruned model `x` carries."
     if isinstance(x, Masks): return x
@@ -490,6 +491,50 @@ def sweep_plot(records, # run records (list of dicts or a `DataFrame`): method, 
     if title: ax.set_title(title)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/05_analysis.ipynb #3c7bc4f9
+def _select(df, sel):
+    sel = {'method': sel} if isinstance(sel, str) else dict(sel)
+    missing = set(sel) - set(df.columns)
+    if missing: raise ValueError(f"the records have no field {sorted(missing)} to select on")
+    keep = np.ones(len(df), dtype=bool)
+    for f, v in sel.items(): keep &= (df[f] == v).to_numpy() if v is not None else df[f].isna().to_numpy()
+    return df[keep]
+
+def paired_difference(records, # run records (list of dicts or a `DataFrame`) with `metric`, `pair_on` and the `by` fields
+                      a, # the first selection: a method name, or a dict of field values such as {'method': 'force', 'loss': 'raw_nll'}
+                      b, # the second selection, the same way
+                      by:Sequence[str]=('sparsity',), # fields whose values make the groups (one row each)
+                      metric:str='accuracy', # the field compared
+                      pair_on:str='seed', # the field that pairs a run of `a` with a run of `b`
+                      level:float=0.95, # confidence level of the interval
+                     ):
+    "Per group of `by`: the mean of `a - b` over runs paired on `pair_on`, its standard deviation and its paired-t interval."
+    import pandas as pd
+    from scipy import stats
+    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level!r}")
+    df = _records_frame(records, metric)
+    by = list(by)
+    need = set(by) | {pair_on}
+    if need - set(df.columns): raise ValueError(f"the records lack the fields {sorted(need - set(df.columns))}")
+    da, db = _select(df, a), _select(df, b)
+    for name, d in (('a', da), ('b', db)):
+        if d.empty: raise ValueError(f"no record matches {name}={a if name == 'a' else b!r}")
+        dup = d.duplicated(by + [pair_on])
+        if dup.any():
+            raise ValueError(f"selection {name} has several runs for {dict(d[dup].iloc[0][by + [pair_on]])}: "
+                             f"narrow it with more fields (e.g. loss or steps)")
+    m = da[by + [pair_on, metric]].merge(db[by + [pair_on, metric]], on=by + [pair_on], suffixes=('_a', '_b'))
+    rows = []
+    for key, g in m.groupby(by, sort=True):
+        d = (g[f'{metric}_a'] - g[f'{metric}_b']).to_numpy()
+        n, mean = len(d), d.mean()
+        sd = d.std(ddof=1) if n > 1 else float('nan')
+        half = stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n) if n > 1 else float('nan')
+        rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,)), n=n, mean_a=g[f'{metric}_a'].mean(),
+                         mean_b=g[f'{metric}_b'].mean(), diff=mean, sd=sd, lo=mean - half, hi=mean + half,
+                         **{pair_on + 's': sorted(g[pair_on].tolist())}))
+    return pd.DataFrame(rows).set_index(by)
 
 # %% ../nbs/05_analysis.ipynb #1d6a13c6
 def pruning_metrics(model_fn:Callable, # `model_fn(seed)` -> a new network at initialisation (not modified)
