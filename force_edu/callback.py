@@ -22,7 +22,7 @@ from fastcore.meta import delegates
 from fastcore.xtras import join_path_file
 from fastcore.script import call_parse, CliError
 from fastai.callback.core import Callback
-from fastai.learner import Learner, load_model
+from fastai.learner import Learner, load_model, save_model
 from fastai.torch_core import get_model, rank_distrib
 
 from .masks import *
@@ -33,7 +33,8 @@ from .methods import SCHEDULE_MODES
 _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   # one default for the whole package
 
 # %% auto #0
-__all__ = ['check_prune_args', 'broadcast_masks', 'PruneAtInitCallback', 'ForceCallback', 'demo_run', 'run_demo', 'demo']
+__all__ = ['check_prune_args', 'broadcast_masks', 'KeepPrunedCallback', 'PruneAtInitCallback', 'ForceCallback', 'masks_path',
+           'demo_run', 'run_demo', 'demo']
 
 # %% ../nbs/04_callback.ipynb #49899b15
 def check_prune_args(sparsity:float, # fraction of prunable weights to remove, in [0, 1)
@@ -67,7 +68,7 @@ def broadcast_masks(masks:Masks|None, # the mask on rank `src` (ignored elsewher
     "Every rank returns rank `src`'s `masks`, sent with `torch.distributed.broadcast` as a flat uint8 vector."
     import torch.distributed as dist
     layers = prunable_layers(get_model(model), layer_types)
-    shapes = {n: (l.weight_orig if is_pruned(l) else l.weight).shape for n, l in layers.items()}
+    shapes = {n: getattr(l, 'weight_orig', l.weight).shape for n, l in layers.items()}   # `weight_orig`: pruned by an earlier version
     m = sum(math.prod(s) for s in shapes.values())
     dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend(group) == 'nccl' else torch.device('cpu')
     rank = dist.get_rank(group)
@@ -82,29 +83,22 @@ def broadcast_masks(masks:Masks|None, # the mask on rank `src` (ignored elsewher
     dist.broadcast(buf, src, group=group)
     return Masks.from_flat(buf.bool(), shapes)
 
-# %% ../nbs/04_callback.ipynb #c764e6fa
-_RENAME = {'weight': 'weight_orig', 'weight_orig': 'weight'}
-
-class _same_param_order:
-    "Context manager: after the block, every module lists its parameters in the order it had (`weight_orig` where `weight` was)."
-    def __init__(self, model): self.model, self.order = model, {n: list(m._parameters) for n, m in model.named_modules()}
-    def __enter__(self): return self.model
-    def __exit__(self, *exc):
-        for n, m in self.model.named_modules():
-            old = self.order.get(n)
-            if old is None: continue
-            want = [k if k in m._parameters else _RENAME.get(k, k) for k in old]
-            want = [k for k in dict.fromkeys(want) if k in m._parameters] + [k for k in m._parameters if k not in want]
-            if want != list(m._parameters):
-                items = [(k, m._parameters.pop(k)) for k in want]
-                m._parameters.update(items)
-
 # %% ../nbs/04_callback.ipynb #7234d920
 def _dl_desc(dl):
     parts = [f"{k}={getattr(dl, a)!r}" for k, a in (('items', 'n'), ('bs', 'bs'), ('drop_last', 'drop_last')) if hasattr(dl, a)]
     return ', '.join(parts) or type(dl).__name__
 
-class PruneAtInitCallback(Callback):
+class KeepPrunedCallback(Callback):
+    "Keep the pruned weights of `learn.model` exactly 0: their gradients are zeroed after each backward pass, the weights after each step."
+    order = -5   # after TrainEvalCallback (-10); before GradientAccumulation (6), MixedPrecision (10), DistributedTrainer (11)
+    def after_backward(self):
+        "Zero the gradient of every pruned weight (after DDP's all-reduce, before any clipping or `GradScaler` unscaling)."
+        zero_pruned_grads(get_model(self.learn.model))
+    def after_step(self):
+        "Zero every pruned weight: whatever the optimizer and its state did, a pruned weight is 0 after each step."
+        zero_pruned_weights(get_model(self.learn.model))
+
+class PruneAtInitCallback(KeepPrunedCallback):
     "Prune `learn.model` at the first `before_fit` with `prune_at_init`; every later fit keeps the same mask."
     order = -5   # after TrainEvalCallback (-10) moved the model; before MixedPrecision (10), DistributedTrainer (11), LRFinder (60)
     def __init__(self,
@@ -129,13 +123,15 @@ class PruneAtInitCallback(Callback):
         "Compute and apply the mask at the first fit; re-apply the same mask at later fits."
         model = get_model(self.learn.model)
         if self.masks is not None:
-            with _same_param_order(model): self.masks.apply(model)
+            self.masks.apply(model)   # a no-op while the model carries it; converts a model pruned by an earlier version
             self.learn._pruning_masks = self.masks
             return
         check_prune_args(self.sparsity, self.method, self.steps, self.mode, self.batches_per_step, self.bn_mode)
         layers = prunable_layers(model, self.layer_types)
         if any(is_pruned(l) for l in layers.values()):   # e.g. `learn.load` of a pruned checkpoint, or a hand-applied mask
-            self.masks = self.learn._pruning_masks = Masks.from_model(model)
+            masks = Masks.from_model(model)
+            masks.apply(model)   # converts a layer pruned by an earlier version (`torch.nn.utils.prune`) to a plain weight
+            self.masks = self.learn._pruning_masks = masks
             if self.verbose and not rank_distrib():
                 print(f"{type(self).__name__}: the model already carries a pruning mask; keeping it ({self.masks.summary()})")
             return
@@ -148,7 +144,7 @@ class PruneAtInitCallback(Callback):
         t0 = time.perf_counter()
         masks = self._compute(model, dl)
         secs = time.perf_counter() - t0
-        with _same_param_order(model): masks.apply(model)
+        masks.apply(model)
         if self.learn.opt is not None: self.learn.opt.clear_state()
         self.masks = self.learn._pruning_masks = masks
         self.report = dict(method=self.method, sparsity=masks.sparsity, kept=masks.kept, total=masks.total,
@@ -210,56 +206,109 @@ def pruning_masks(self:Learner):
     "The `Masks` applied to `self.model` by a pruning callback or `load` (`None` if none)"
     return self.__dict__.get('_pruning_masks')
 
+def _model_masks(model) -> Masks|None:
+    return Masks.from_model(model) if any(is_pruned(m) for m in model.modules()) else None
+
 @patch
 def remove_pruning(self:Learner):
-    "Make the pruning permanent for deployment: plain `weight` parameters holding the zeros, no pruning hooks."
+    "Make the pruning permanent for deployment: the model forgets its masks, the weights keep their zeros."
     model = get_model(self.model)
     masks = self.pruning_masks
     if masks is None:
-        if not any(is_pruned(m) for m in model.modules()): raise ValueError("this Learner's model carries no pruning mask")
-        masks = self._pruning_masks = Masks.from_model(model)
-    with _same_param_order(model): masks.remove(model)
+        masks = _model_masks(model)
+        if masks is None: raise ValueError("this Learner's model carries no pruning mask")
+        self._pruning_masks = masks
+    masks.remove(model)
     return self
 
-def _checkpoint_masks(path) -> Masks|None:
-    "The pruning masks a checkpoint written by `Learner.save` holds (`None` if it is dense)."
+def masks_path(checkpoint:str|Path, # a checkpoint written by `Learner.save` (`.../models/name.pth`)
+              ) -> Path:
+    "Where `Learner.save` writes the `Masks` of a pruned model: beside the checkpoint, as `name.masks.pt`."
+    p = Path(checkpoint)
+    return p.with_name((p.name[:-len('.pth')] if p.name.endswith('.pth') else p.name) + '.masks.pt')
+
+_fastai_save = getattr(Learner.save, '_fastai_save', Learner.save)
+
+@patch
+@delegates(save_model)
+def save(self:Learner, file, **kwargs):
+    "fastai's `Learner.save`; for a pruned model its `Masks` are also saved, beside the checkpoint (`masks_path`)"
+    path = _fastai_save(self, file, **kwargs)
+    if rank_distrib(): return path   # fastai writes on rank 0 only
+    masks = _model_masks(get_model(self.model))
+    mp = masks_path(path)
+    if masks is not None: masks.save(mp)
+    elif mp.exists(): mp.unlink()   # the mask of an earlier save under this name
+    return path
+
+Learner.save._fastai_save = _fastai_save
+
+def _torch_load(path):
+    "`torch.load(weights_only=True)` with the globals fastai's `load_model` allows (numpy scalars, `L`)."
     import numpy as np
     from fastcore.foundation import L
     mu = getattr(np, '_core', None) or np.core
-    safe = [L, mu.multiarray.scalar, np.dtype, *[getattr(np.dtypes, t) for t in np.dtypes.__all__]]   # as fastai's `load_model`
-    with torch.serialization.safe_globals(safe): state = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(state, dict) and set(state) == {'model', 'opt'}: state = state['model']
-    ms = {k[:-len('weight_mask')].rstrip('.'): v for k, v in state.items() if k == 'weight_mask' or k.endswith('.weight_mask')}
-    return Masks(ms) if ms else None
+    safe = [L, mu.multiarray.scalar, np.dtype, *[getattr(np.dtypes, t) for t in np.dtypes.__all__]]
+    with torch.serialization.safe_globals(safe): return torch.load(path, map_location='cpu', weights_only=True)
+
+def _upgrade_state(state:dict) -> tuple[dict, Masks|None]:
+    "A state dict of a model pruned by `torch.nn.utils.prune` (`weight_orig`, `weight_mask`) as a plain one (`weight` = their product) and its masks; others unchanged, `None`."
+    if not any(k == 'weight_mask' or k.endswith('.weight_mask') for k in state): return state, None
+    out, ms = {}, {}
+    for k, v in state.items():
+        if k == 'weight_mask' or k.endswith('.weight_mask'): continue
+        if k == 'weight_orig' or k.endswith('.weight_orig'):
+            pre = k[:-len('weight_orig')]
+            mask = state[pre + 'weight_mask']
+            out[pre + 'weight'] = v * mask
+            ms[pre.rstrip('.')] = mask
+        else: out[k] = v
+    return out, Masks(ms)
+
+def _read_checkpoint(path) -> tuple[dict, Masks|None, bool]:
+    "`(state, masks, legacy)` of a checkpoint written by `Learner.save`: the state with plain `weight` keys, the masks saved beside it or held by an old-style pruned state dict (`None`: dense), and whether it was old-style."
+    state = _torch_load(path)
+    hasopt = isinstance(state, dict) and set(state) == {'model', 'opt'}
+    model_state, legacy = _upgrade_state(state['model'] if hasopt else state)
+    if legacy is not None: state = {'model': model_state, 'opt': state['opt']} if hasopt else model_state
+    mp = masks_path(path)
+    return state, (Masks.load(mp) if mp.exists() else legacy), legacy is not None
+
+def _checkpoint_masks(path) -> Masks|None:
+    "The masks of a checkpoint written by `Learner.save` (`None` if it is dense)."
+    return _read_checkpoint(path)[1]
 
 def _sync_masks(learn):
-    "After a load, `learn.pruning_masks` and the pruning callbacks follow the mask the model now carries."
-    model = get_model(learn.model)
-    if not any(is_pruned(m) for m in model.modules()): return
-    masks = Masks.from_model(model)
+    "After a load, `learn.pruning_masks` and the pruning callbacks follow the mask the model now carries, and a callback keeps it."
+    masks = _model_masks(get_model(learn.model))
+    if masks is None: return
     if learn.pruning_masks != masks: learn._pruning_masks = masks
     for cb in learn.cbs:
         if isinstance(cb, PruneAtInitCallback) and cb.masks != masks: cb.masks = learn._pruning_masks
+    if not any(isinstance(cb, KeepPrunedCallback) for cb in learn.cbs): learn.add_cb(KeepPrunedCallback())
 
 _fastai_load = getattr(Learner.load, '_fastai_load', Learner.load)
 
 @patch
 @delegates(load_model)
 def load(self:Learner, file, device=None, **kwargs):
-    "fastai's `Learner.load`; a pruned checkpoint also loads into an unpruned learner, which it prunes with its mask"
-    try: _fastai_load(self, file, device=device, **kwargs)
-    except RuntimeError as e:
-        path = join_path_file(file, self.path/self.model_dir, ext='.pth')
-        model = get_model(self.model)
-        file_masks = _checkpoint_masks(path)
-        model_pruned = any(is_pruned(m) for m in model.modules())
-        if file_masks is not None and not model_pruned:
-            with _same_param_order(model): file_masks.apply(model)   # checks every layer fits before changing anything
-            _fastai_load(self, file, device=device, **kwargs)
-        elif file_masks is None and model_pruned:
-            raise ValueError(f"{path} holds a dense (unpruned) model but learn.model is pruned; call learn.remove_pruning() "
-                             f"before loading dense weights (a pruning callback re-applies its mask at the next fit)") from e
-        else: raise
+    "fastai's `Learner.load`; the checkpoint's masks (saved beside it, or in an old-style pruned checkpoint) are applied too"
+    path = join_path_file(file, self.path/self.model_dir, ext='.pth')
+    model = get_model(self.model)
+    state, file_masks, legacy = _read_checkpoint(path)
+    if file_masks is not None: file_masks.check(model)   # before anything changes
+    old_masks = _model_masks(model)
+    if file_masks is not None and old_masks is not None and old_masks != file_masks: old_masks.remove(model)
+    try:
+        if not legacy: _fastai_load(self, file, device=device, **kwargs)
+        else:   # written by force_edu before issue 17: fastai's own `load` of the same checkpoint with plain `weight` keys
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(state, Path(d)/'upgraded.pth')
+                _fastai_load(self, str(Path(d)/'upgraded'), device=device, **kwargs)
+    except BaseException:
+        if old_masks is not None and _model_masks(model) is None: old_masks.apply(model)   # as it was
+        raise
+    if file_masks is not None: file_masks.apply(model)
     _sync_masks(self)
     return self
 

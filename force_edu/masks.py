@@ -13,11 +13,11 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.nn.utils import prune
+from torch.nn.utils import prune   # only to read and convert models pruned by earlier versions
 
 # %% auto #0
 __all__ = ['PRUNABLE_TYPES', 'prunable_layers', 'check_sparsity', 'n_kept', 'topk_mask', 'Masks', 'masks_from_scores',
-           'is_pruned']
+           'is_pruned', 'zero_pruned_grads', 'zero_pruned_weights', 'keep_pruned']
 
 # %% ../nbs/00_masks.ipynb #497a148a
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)  # the paper's prunable layers (Appendix A)
@@ -338,6 +338,8 @@ Masks.save = _save
 Masks.load = classmethod(_load)
 
 # %% ../nbs/00_masks.ipynb #de9a5140
+_KEEP = 'weight_keep'   # the non-persistent boolean buffer a pruned module carries: its mask (True: kept)
+
 def _check_fits(self:Masks, model:nn.Module):
     "Raise a `ValueError` naming every layer of `self` that `model` lacks or that has another shape."
     problems = []
@@ -353,10 +355,54 @@ def _check_fits(self:Masks, model:nn.Module):
         raise ValueError(f"these masks do not fit {type(model).__name__} ({'; '.join(problems[:5])}"
                          f"{'; ...' if len(problems) > 5 else ''}); were they computed for another architecture?")
 
+def _is_legacy(module) -> bool:
+    "Pruned by `torch.nn.utils.prune` (`weight_orig` x `weight_mask`), e.g. by force_edu before issue 17 or by hand."
+    return hasattr(module, 'weight_mask') and hasattr(module, 'weight_orig')
+
 def is_pruned(module:nn.Module, # any module, e.g. a value of `prunable_layers(model)`
              ) -> bool:
-    "Whether `module` carries a `torch.nn.utils.prune` mask on its weight."
-    return hasattr(module, 'weight_mask') and hasattr(module, 'weight_orig')
+    "Whether `module` carries a mask: the `weight_keep` buffer of `Masks.apply`, or `torch.nn.utils.prune`'s `weight_mask`."
+    return isinstance(getattr(module, '_buffers', {}).get(_KEEP), Tensor) or _is_legacy(module)
+
+def _kept_index(mod:nn.Module) -> Tensor:
+    "The flat indices of the kept entries of `mod`'s mask, computed once per mask tensor (a new one after `.to(device)`)."
+    keep, cached = mod._buffers[_KEEP], mod.__dict__.get('_keep_index')
+    if cached is None or cached[0] is not keep:
+        cached = mod.__dict__['_keep_index'] = (keep, keep.reshape(-1).nonzero().squeeze(1))
+    return cached[1]
+
+@torch.no_grad()
+def _zero_pruned_(t:Tensor|None, mod:nn.Module):
+    "Set the entries of `t` (`mod`'s weight or its gradient) that `mod`'s mask prunes to exactly 0, in place, NaN and inf included."
+    if t is None: return
+    idx = _kept_index(mod)
+    if not t.is_contiguous() or idx.device != t.device:   # e.g. channels_last: the mask, read in the weight's own order
+        t.masked_fill_(~mod._buffers[_KEEP].to(t.device), 0)
+        return
+    flat = t.view(-1)
+    if idx.numel() == flat.numel(): return   # a dense layer
+    kept = flat.index_select(0, idx)         # only the kept entries are read twice; a memset writes the zeros
+    flat.zero_()
+    flat.index_copy_(0, idx, kept)
+
+def _masked_modules(model:nn.Module):
+    return [m for m in model.modules() if isinstance(m._buffers.get(_KEEP), Tensor)]
+
+def zero_pruned_grads(model:nn.Module, # a model pruned by `Masks.apply`
+                     ) -> nn.Module:
+    "Set the gradient of every pruned weight of `model` to exactly 0, in place (layers without a gradient are skipped)."
+    for m in _masked_modules(model): _zero_pruned_(m.weight.grad, m)
+    return model
+
+def zero_pruned_weights(model:nn.Module, # a model pruned by `Masks.apply`
+                       ) -> nn.Module:
+    "Set every pruned weight of `model` to exactly 0, in place."
+    for m in _masked_modules(model): _zero_pruned_(m.weight, m)
+    return model
+
+def _zero_after_load(module, incompatible_keys):
+    "`load_state_dict` post-hook of a pruned layer: weights loaded from a dense checkpoint are pruned by the layer's mask."
+    if isinstance(module._buffers.get(_KEEP), Tensor): _zero_pruned_(module.weight, module)
 
 def _in_place_of(mod:nn.Module, old:str, new:str, order:list):
     "Move parameter `new` of `mod` to where `old` was in `order` (its parameter names before the change)."
@@ -366,46 +412,86 @@ def _in_place_of(mod:nn.Module, old:str, new:str, order:list):
         items = [(k, mod._parameters.pop(k)) for k in want]
         mod._parameters.update(items)
 
+def _unprune_legacy(mod:nn.Module):
+    "`torch.nn.utils.prune.remove` on a legacy-pruned layer: `weight` = `weight_orig` x `weight_mask`, the same `Parameter`, in its place."
+    order = list(mod._parameters)
+    prune.remove(mod, 'weight')
+    _in_place_of(mod, 'weight_orig', 'weight', order)   # optimizers index their state by position
+
+def _current_mask(mod:nn.Module) -> Tensor:
+    return (mod.weight_mask if _is_legacy(mod) else mod._buffers[_KEEP]).detach().bool().cpu()
+
 def _apply(self:Masks, model:nn.Module, # the model to prune in place
           ) -> nn.Module:
-    "Prune `model` in place with `torch.nn.utils.prune.custom_from_mask`; pruned weights stay 0 (and get 0 gradient) from now on."
+    "Prune `model` in place: pruned weights become exactly 0 in the same plain `Parameter`s, and each layer keeps its mask as a `weight_keep` buffer (not in the state dict)."
     self.check(model)
     modules = dict(model.named_modules())
     for n, c in self.masks.items():
         mod = modules[n]
-        if is_pruned(mod) and not torch.equal(mod.weight_mask.bool().cpu(), c):
-            raise ValueError(f"layer {n!r} already carries a different pruning mask; call `Masks.remove(model)` "
-                             f"(or `torch.nn.utils.prune.remove`) first")
+        if is_pruned(mod) and not torch.equal(_current_mask(mod), c):
+            raise ValueError(f"layer {n!r} already carries a different pruning mask; call `Masks.remove(model)` first")
     for n, c in self.masks.items():
         mod = modules[n]
-        if is_pruned(mod): continue  # the same mask is already there
-        w = mod.weight
-        mask = c.to(device=w.device, dtype=w.dtype)
-        with torch.no_grad(): w.mul_(mask)
-        order = list(mod._parameters)
-        prune.custom_from_mask(mod, 'weight', mask)
-        _in_place_of(mod, 'weight', 'weight_orig', order)   # `parameters()` keeps its order: optimizers index state by position
+        if _is_legacy(mod): _unprune_legacy(mod)   # a model pruned by force_edu before issue 17: plain weights from now on
+        if not is_pruned(mod):
+            mod.register_buffer(_KEEP, c.to(mod.weight.device), persistent=False)
+            mod.register_load_state_dict_post_hook(_zero_after_load)
+        _zero_pruned_(mod.weight, mod)
+        _zero_pruned_(mod.weight.grad, mod)
     return model
 
 def _remove(self:Masks, model:nn.Module, # a model pruned with `Masks.apply`
            ) -> nn.Module:
-    "Make the pruning permanent: each masked `weight` becomes a plain parameter holding the zeros."
+    "Make the pruning permanent: the layers forget their masks; the weights keep their zeros (in the same `Parameter`s)."
     self.check(model)
     modules = dict(model.named_modules())
     for n in self.masks:
         mod = modules[n]
+        if _is_legacy(mod): _unprune_legacy(mod)
         if not is_pruned(mod): continue
-        order = list(mod._parameters)
-        prune.remove(mod, 'weight')
-        _in_place_of(mod, 'weight_orig', 'weight', order)
+        _zero_pruned_(mod.weight, mod)
+        del mod._buffers[_KEEP]
+        mod.__dict__.pop('_keep_index', None)
+        for k in [k for k, h in mod._load_state_dict_post_hooks.items() if h is _zero_after_load]:
+            del mod._load_state_dict_post_hooks[k]
     return model
 
-def _from_model(cls, model:nn.Module, # a model carrying `torch.nn.utils.prune` masks
+def _from_model(cls, model:nn.Module, # a pruned model (by `Masks.apply`, a pruning callback, or `torch.nn.utils.prune`)
                ) -> Masks:
     "Read back the masks a pruned model carries (e.g. after `load_learner`)."
-    ms = {n: m.weight_mask for n, m in model.named_modules() if is_pruned(m)}
-    if not ms: raise ValueError(f"{type(model).__name__} carries no pruning mask")
+    ms = {n: _current_mask(m) for n, m in model.named_modules() if is_pruned(m)}
+    if not ms: raise ValueError(f"{type(model).__name__} carries no pruning mask; if its pruned weights are zeros "
+                                f"(e.g. a state dict loaded without its mask), `Masks.from_zeros(model)` reads them back")
     return cls(ms)
 
+def _from_zeros(cls, model:nn.Module, # a model whose pruned weights are 0, e.g. a pruned state dict loaded into a fresh model
+                layer_types=PRUNABLE_TYPES, # module classes whose `weight` is prunable
+               ) -> Masks:
+    "The masks of `model`'s zeros: a weight is kept where it is not exactly 0 (trained weights are never exactly 0 by chance)."
+    return cls({n: l.weight.detach() != 0 for n, l in prunable_layers(model, layer_types).items()})
+
 Masks.check, Masks.apply, Masks.remove = _check_fits, _apply, _remove
-Masks.from_model = classmethod(_from_model)
+Masks.from_model, Masks.from_zeros = classmethod(_from_model), classmethod(_from_zeros)
+
+# %% ../nbs/00_masks.ipynb #74cd8bd8
+class _ZeroPruned:
+    "A picklable optimizer step hook: `zero_pruned_grads` (before the step) or `zero_pruned_weights` (after it) of one model."
+    def __init__(self, model, f): self.model, self.f = model, f
+    def __call__(self, optimizer, args, kwargs): self.f(self.model)
+
+class _Handles:
+    def __init__(self, *hs): self.hs = hs
+    def remove(self):
+        for h in self.hs: h.remove()
+
+def keep_pruned(optimizer:torch.optim.Optimizer, # the optimizer that trains `model`
+                model:nn.Module, # a model pruned by `Masks.apply`
+               ):
+    "Plain PyTorch: pruned weights stay exactly 0 through every `optimizer.step()` (gradients zeroed before it, weights after it); returns a handle with `.remove()`."
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"keep_pruned needs a torch.optim.Optimizer, got {type(optimizer).__name__} (with fastai, the "
+                         f"pruning callbacks do this job: `KeepPrunedCallback`)")
+    if not _masked_modules(model):
+        raise ValueError(f"{type(model).__name__} carries no mask: call `masks.apply(model)` before `keep_pruned`")
+    return _Handles(optimizer.register_step_pre_hook(_ZeroPruned(model, zero_pruned_grads)),
+                    optimizer.register_step_post_hook(_ZeroPruned(model, zero_pruned_weights)))

@@ -14,7 +14,7 @@ import fastai.callback.schedule  # noqa: F401  (Learner.lr_find, fit_one_cycle, 
 
 from force_edu.masks import Masks, prunable_layers, is_pruned
 from force_edu.methods import prune_at_init, repeat_batches, model_fingerprint, same_fingerprint
-from force_edu.callback import PruneAtInitCallback, ForceCallback, check_prune_args
+from force_edu.callback import PruneAtInitCallback, ForceCallback, KeepPrunedCallback, check_prune_args, masks_path
 
 torch.set_num_threads(1)
 
@@ -136,7 +136,7 @@ def test_one_summary_line_and_one_mask_for_a_session(tmp_path, capsys):
     assert learn.pruning_masks is masks and cb.masks is masks
     out = capsys.readouterr().out
     assert out.count('ForceCallback: force (5 steps, exp) pruned to sparsity') == 1, out
-    for n, l in prunable_layers(learn.model).items(): assert not l.weight_orig[~masks[n]].any()
+    for n, l in prunable_layers(learn.model).items(): assert not l.weight[~masks[n]].any()
 
 
 def test_parameter_order_is_kept(tmp_path):
@@ -144,7 +144,7 @@ def test_parameter_order_is_kept(tmp_path):
     dense = [n for n, _ in learn.model.named_parameters()]
     ids = [id(p) for p in learn.model.parameters()]
     learn.fit(1)
-    assert [n.replace('weight_orig', 'weight') for n, _ in learn.model.named_parameters()] == dense
+    assert [n for n, _ in learn.model.named_parameters()] == dense
     assert [id(p) for p in learn.model.parameters()] == ids
     learn.remove_pruning()
     assert [n for n, _ in learn.model.named_parameters()] == dense
@@ -169,7 +169,7 @@ def test_export_round_trip_and_training_after_export(tmp_path):
     assert back.predict(torch.rand(8, 8) * 255)[0] in [str(i) for i in range(10)]
     for n, l in prunable_layers(back.model).items(): assert not l.weight[~masks[n]].any()
     learn.fit(1, 1e-2, cbs=ShortEpochCallback(0.2))      # export rebuilt the optimizer from the pruned model: state fits
-    for n, l in prunable_layers(learn.model).items(): assert not l.weight_orig[~masks[n]].any()
+    for n, l in prunable_layers(learn.model).items(): assert not l.weight[~masks[n]].any()
 
 
 def test_save_load_pruned_fresh_and_dense(tmp_path):
@@ -190,10 +190,108 @@ def test_save_load_pruned_fresh_and_dense(tmp_path):
     torch.testing.assert_close(fresh.model.eval()(x), y)
     fresh.fit(1)                                          # the callback adopts the loaded mask; nothing is recomputed
     assert fresh_cb.report is None and fresh.pruning_masks == learn.pruning_masks
+    assert masks_path(tmp_path/'models'/'p.pth').exists()
+    assert list(torch.load(tmp_path/'models'/'p.pth', weights_only=False)['model']) == list(_net().state_dict())
     dense = _learner(tmp_path=tmp_path)
     dense.save('d')
-    with pytest.raises(ValueError, match=r'call learn.remove_pruning\(\) before loading dense weights'): learn.load('d')
+    assert not masks_path(tmp_path/'models'/'d.pth').exists()
+    learn.load('d')                                       # dense weights into a pruned learner: pruned by its mask
+    assert learn.pruning_masks == Masks.from_model(learn.model) == Masks.from_zeros(learn.model)
+    for n, l in prunable_layers(learn.model).items():
+        torch.testing.assert_close(l.weight, prunable_layers(dense.model)[n].weight * learn.pruning_masks[n])
     wrong = Learner(_dls(), nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), loss_func=F.cross_entropy, path=tmp_path)
     with pytest.raises(ValueError, match='do not fit'): wrong.load('p')   # a checkpoint of another architecture
     learn.remove_pruning()
     learn.load('d')                                       # after remove_pruning dense weights load as usual
+
+
+# ---- pruned weights stay exactly 0 through every kind of training -----------------------------------------------
+
+class StayZero(Callback):
+    "After every step (and after the callbacks that keep the mask), every pruned weight is an exact 0 in a plain Parameter."
+    order = 100
+    def __init__(self): self.n = 0
+    def after_step(self):
+        from fastai.torch_core import get_model
+        masks = Masks.from_model(get_model(self.learn.model))
+        for name, l in prunable_layers(get_model(self.learn.model)).items():
+            assert type(l.weight) is nn.Parameter and not l.weight[~masks[name].to(l.weight.device)].any(), name
+        self.n += 1
+
+
+def _optimizers():
+    from functools import partial
+    from fastai.optimizer import SGD, Adam, OptimWrapper
+    return {'sgd_mom_wd': partial(SGD, mom=0.9, wd=1e-2), 'adam': Adam, 'adam_coupled_wd': partial(Adam, decouple_wd=False, wd=1e-2),
+            'torch_adamw': partial(OptimWrapper, opt=torch.optim.AdamW, weight_decay=0.1),
+            'torch_sgd_nesterov': partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9, nesterov=True, weight_decay=1e-2)}
+
+
+@pytest.mark.parametrize('opt', list(_optimizers()))
+def test_stay_zero_lr_find_fit_one_cycle_fine_tune(opt, tmp_path):
+    learn = _learner(ForceCallback(0.9, steps=3, progress=False, verbose=False), tmp_path=tmp_path, opt_func=_optimizers()[opt])
+    learn.lr_find(num_it=6, show_plot=False)
+    learn.add_cb(StayZero())
+    learn.fit_one_cycle(1, 1e-2)
+    learn.fine_tune(1, 1e-2, freeze_epochs=1)
+    assert learn.stay_zero.n >= 3 * 4
+    masks = learn.pruning_masks
+    kept = torch.cat([l.weight[masks[n]].reshape(-1) for n, l in prunable_layers(learn.model).items()])
+    assert kept.ne(0).all()
+
+
+def test_stay_zero_gradient_accumulation(tmp_path):
+    from fastai.callback.training import GradientAccumulation
+    from fastai.optimizer import SGD
+    from functools import partial
+    learn = _learner(ForceCallback(0.9, steps=3, progress=False, verbose=False), tmp_path=tmp_path, opt_func=partial(SGD, mom=0.9, wd=1e-2))
+    sz = StayZero()
+    learn.fit(2, 1e-2, cbs=[GradientAccumulation(n_acc=32), sz])
+    assert sz.n == 4                         # 8 batches of 16, one step every 32 samples
+
+
+def test_stay_zero_after_loading_a_dense_optimizer_state(tmp_path):
+    "The momentum of a dense run, loaded with `with_opt=True`, would move pruned weights: the after-step re-zeroing holds."
+    from fastai.optimizer import SGD
+    from functools import partial
+    sgd = partial(SGD, mom=0.9)
+    dense = _learner(tmp_path=tmp_path, opt_func=sgd)
+    dense.fit(1, 1e-2)
+    dense.save('dense_with_opt', with_opt=True)
+    learn = _learner(ForceCallback(0.9, steps=3, progress=False, verbose=False), tmp_path=tmp_path, opt_func=sgd)
+    learn.fit(1, 1e-2)
+    learn.load('dense_with_opt', with_opt=True)
+    assert any(learn.opt.state[p].get('grad_avg') is not None for p in learn.model.parameters())
+    sz = StayZero()
+    learn.fit(1, 1e-2, cbs=sz)
+    assert sz.n == 4
+
+
+def test_keep_pruned_callback_for_a_hand_pruned_model(tmp_path):
+    model = _net()
+    masks = prune_at_init(model, None, 0.8, 'random', seed=0, input_shape=(1, 8, 8))
+    masks.apply(model)
+    learn = Learner(_dls(), model, loss_func=F.cross_entropy, path=tmp_path, cbs=[KeepPrunedCallback(), StayZero()])
+    learn.fit(1, 1e-2)
+    assert learn.stay_zero.n == 4 and Masks.from_zeros(model) == masks
+    learn.save('hand')
+    assert Masks.load(masks_path(tmp_path/'models'/'hand.pth')) == masks
+    fresh = _learner(tmp_path=tmp_path, seed=3)           # no callback at all: `load` adds one that keeps the mask
+    fresh.load('hand')
+    assert fresh.pruning_masks == masks and any(type(cb) is KeepPrunedCallback for cb in fresh.cbs)
+    sz = StayZero()
+    fresh.fit(1, 1e-2, cbs=sz)
+    assert sz.n == 4 and Masks.from_zeros(fresh.model) == masks
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='to_fp16 (CUDA autocast and GradScaler) needs a GPU')
+def test_stay_zero_to_fp16_on_gpu(tmp_path):
+    from fastai.callback.fp16 import MixedPrecision  # noqa: F401 (Learner.to_fp16)
+    dls = _dls()
+    dls.to('cuda')
+    learn = Learner(dls, _net(), loss_func=F.cross_entropy, path=tmp_path,
+                    cbs=[ForceCallback(0.9, steps=3, progress=False, verbose=False), StayZero()]).to_fp16()
+    learn.remove_cb(learn.progress)
+    learn.fit_one_cycle(2, 1e-2)
+    assert learn.stay_zero.n > 0 and next(learn.model.parameters()).is_cuda
+    assert learn.pruning_masks == Masks.from_zeros(learn.model)

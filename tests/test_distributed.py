@@ -116,7 +116,8 @@ def _check_distrib_ctx(dist, rank, out_dir):
     flats = _gather_flat(dist, cb.masks)
     assert torch.equal(flats[0], flats[1]), "ranks trained with different masks"
     assert cb.masks == Masks.from_model(learn.model) == learn.pruning_masks
-    ws = torch.cat([l.weight_orig.detach().reshape(-1) for l in prunable_layers(learn.model).values()])
+    ws = torch.cat([l.weight.detach().reshape(-1) for l in prunable_layers(learn.model).values()])
+    assert all(type(l.weight) is torch.nn.Parameter for l in prunable_layers(learn.model).values())
     all_ws = [torch.zeros_like(ws) for _ in range(WORLD)]
     dist.all_gather(all_ws, ws)
     assert torch.equal(all_ws[0], all_ws[1]), "DDP ranks ended with different weights"

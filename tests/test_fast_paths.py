@@ -193,3 +193,27 @@ def test_a_masked_layer_the_forward_never_uses_is_a_clear_error(monkeypatch):
     ml = S.MaskedLoss(Unused())
     c = ml.mask_list(torch.ones(ml.m, dtype=torch.bool))
     with pytest.raises(ValueError, match='spare'): ml.grads([(torch.randn(5, 4), torch.randint(0, 3, (5,)))], c)
+
+
+# ---- zeroing the pruned entries (`Masks.apply`, `zero_pruned_grads`, `zero_pruned_weights`) -------------------------
+
+@pytest.mark.parametrize('density', [0., 0.01, 0.5, 1.])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+def test_zero_pruned_matches_masked_fill(density, dtype):
+    "The kept-index path (gather the kept, memset, scatter back) gives what `masked_fill_(~c, 0)` gives, NaN and inf included."
+    g = torch.Generator().manual_seed(0)
+    for shape in [(7,), (16, 3, 3, 3), (70_000,)]:
+        c = torch.rand(shape, generator=g) < density
+        t = torch.randn(shape, generator=g).to(dtype)
+        t.view(-1)[::5] = float('nan'); t.view(-1)[1::7] = float('inf')
+        mod = nn.Linear(1, 1)
+        mod.register_buffer(M._KEEP, c, persistent=False)
+        got = t.clone()
+        M._zero_pruned_(got, mod)
+        want = t.masked_fill(~c, 0)
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+        assert not torch.signbit(got[~c]).any()   # +0, never -0
+        tt = t.clone().t() if t.dim() == 2 else t.clone().permute(*reversed(range(t.dim())))   # not contiguous (when 2-D+)
+        mod._buffers[M._KEEP] = c.permute(*reversed(range(c.dim())))
+        M._zero_pruned_(tt, mod)
+        assert torch.equal(tt.nan_to_num(), t.permute(*reversed(range(t.dim()))).masked_fill(~mod._buffers[M._KEEP], 0).nan_to_num())

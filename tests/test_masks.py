@@ -1,4 +1,5 @@
-"""`Masks` round trips: save/load, flat, apply/from_model/remove, training with pruned weights, state dicts."""
+"""`Masks` round trips: save/load, flat, apply/from_model/remove, training with pruned weights (`keep_pruned`), state dicts,
+and a pruned model as a plain model: deepcopy, pickle, AveragedModel, torch.compile, weights_only checkpoints."""
 import copy, functools, math, pickle
 
 import pytest
@@ -7,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from force_edu.masks import Masks, is_pruned, prunable_layers
+from force_edu.masks import Masks, is_pruned, prunable_layers, keep_pruned, zero_pruned_grads, zero_pruned_weights
 from force_edu.methods import prune_at_init, model_fingerprint, same_fingerprint
 
 @pytest.fixture(autouse=True, scope='module')
@@ -148,11 +149,13 @@ def test_from_model_needs_a_pruned_model(model):
 def test_apply_twice_is_a_no_op(model, masks):
     masks.apply(model)
     before = model_fingerprint(model)
-    hooks = [dict(mod._forward_pre_hooks) for mod in model.modules()]
+    hooks = [dict(mod._load_state_dict_post_hooks) for mod in model.modules()]
+    buffers = [n for n, _ in model.named_buffers()]
     masks.apply(model)
     assert same_fingerprint(before, model_fingerprint(model))
-    assert [dict(mod._forward_pre_hooks) for mod in model.modules()] == hooks
-    assert not any(hasattr(mod, 'weight_orig_orig') for mod in model.modules())
+    assert [dict(mod._load_state_dict_post_hooks) for mod in model.modules()] == hooks
+    assert [n for n, _ in model.named_buffers()] == buffers
+    assert not any(mod._forward_pre_hooks for mod in model.modules())
     assert Masks.from_model(model) == masks
 
 def test_apply_a_different_mask_raises(model, masks):
@@ -176,7 +179,8 @@ def test_remove_keeps_parameter_objects(model, masks):
     masks.apply(model)
     masks.remove(model)
     assert not any(is_pruned(mod) for mod in model.modules())
-    assert not any(mod._forward_pre_hooks for mod in model.modules())
+    assert not any(mod._forward_pre_hooks or mod._load_state_dict_post_hooks for mod in model.modules())
+    assert not any(n.endswith('weight_keep') for n, _ in model.named_buffers())
     for n, w in weights(model).items():
         assert type(w) is nn.Parameter and w.requires_grad and id(w) == ids[n]
         assert (w[~masks[n]] == 0).all() and (w[masks[n]] != 0).all()
@@ -188,6 +192,7 @@ def test_optimizer_created_before_apply_still_trains(model, masks):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     w7 = model[7].weight
     masks.apply(model)
+    keep_pruned(opt, model)   # plain PyTorch's one call
     x, y = digit_batches(1)[0]
     start = model[7].weight.detach().clone()
     for _ in range(3):
@@ -212,22 +217,70 @@ def test_pruned_weights_stay_zero_under_training(make_opt, before):
     if before: opt = make_opt(model.parameters())
     masks.apply(model)
     if not before: opt = make_opt(model.parameters())
+    keep_pruned(opt, model)
+    at_step = []   # the pruned gradients that are not 0 when the step runs (a hook registered after keep_pruned's)
+    opt.register_step_pre_hook(lambda o, a, k: at_step.append(sum(int(model.get_submodule(n).weight.grad[~masks[n]].count_nonzero())
+                                                                   for n in masks)))
     model.train()
     for x, y in digit_batches(8):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
-        for n in masks:
-            assert (model.get_submodule(n).weight_orig.grad[~masks[n]] == 0).all()   # their gradient is 0 too
         opt.step()
         for n in masks:
-            assert (model.get_submodule(n).weight[~masks[n]] == 0).all()
-    model(digit_batches(1)[0][0])     # the hook recomputes weight from weight_orig
-    for n in masks:
-        mod = model.get_submodule(n)
-        assert (mod.weight[~masks[n]] == 0).all() and (mod.weight_orig[~masks[n]] == 0).all()
+            w = model.get_submodule(n).weight
+            assert type(w) is nn.Parameter and (w[~masks[n]] == 0).all()
+    assert at_step == [0] * 8
+    for n in masks: assert (model.get_submodule(n).weight[masks[n]] != 0).all()
     masks.remove(model)
     for n in masks: assert (model.get_submodule(n).weight[~masks[n]] == 0).all()
-    assert Masks({n: model.get_submodule(n).weight != 0 for n in masks}) == masks
+    assert Masks.from_zeros(model) == masks
+
+def test_optimizer_state_from_a_dense_run():
+    "Zero gradients alone let a loaded dense momentum move pruned weights; `keep_pruned` re-zeroes them after each step."
+    dense = cnn()
+    opt = torch.optim.SGD(dense.parameters(), lr=0.1, momentum=0.9)
+    for x, y in digit_batches(3):
+        opt.zero_grad(); F.cross_entropy(dense(x), y).backward(); opt.step()
+    for rezero in (False, True):
+        model = cnn()
+        masks = force_masks(model, 0.9)
+        masks.apply(model)
+        o = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        o.load_state_dict(opt.state_dict())
+        h = keep_pruned(o, model) if rezero else None
+        x, y = digit_batches(1)[0]
+        o.zero_grad(); F.cross_entropy(model(x), y).backward(); zero_pruned_grads(model); o.step()
+        moved = sum(int(model.get_submodule(n).weight[~masks[n]].count_nonzero()) for n in masks)
+        assert (moved == 0) if rezero else (moved > 0), (rezero, moved)
+
+def test_nan_and_inf_become_exact_zeros(model, masks):
+    masks.apply(model)
+    for n in masks:
+        w = model.get_submodule(n).weight
+        w.grad = torch.full_like(w, float('nan'))
+        with torch.no_grad(): w[~masks[n]] = float('inf')
+    zero_pruned_grads(model); zero_pruned_weights(model)
+    for n in masks:
+        w = model.get_submodule(n).weight
+        assert (w.grad[~masks[n]] == 0).all() and w.grad[masks[n]].isnan().all()
+        assert (w[~masks[n]] == 0).all() and torch.isfinite(w).all()
+
+def test_channels_last_weights(model, masks):
+    model = model.to(memory_format=torch.channels_last)
+    assert not model[3].weight.is_contiguous()
+    masks.apply(model)
+    with torch.no_grad(): model[3].weight.add_(1.)
+    zero_pruned_weights(model)
+    assert Masks.from_zeros(model) == masks
+
+def test_keep_pruned_bad_input(model, masks):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match='carries no mask'): keep_pruned(opt, model)
+    masks.apply(model)
+    with pytest.raises(ValueError, match='needs a torch.optim.Optimizer'): keep_pruned(object(), model)
+    h = keep_pruned(opt, model)
+    h.remove()
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
 
 def test_state_dict_into_another_pruned_model(tmp_path):
     a, b = cnn(seed=0), cnn(seed=1)
@@ -235,16 +288,24 @@ def test_state_dict_into_another_pruned_model(tmp_path):
     mb = random_masks(b, 0.8, seed=0)
     ma.apply(a); mb.apply(b)
     opt = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
+    keep_pruned(opt, a)
     for x, y in digit_batches(3):
         opt.zero_grad(); F.cross_entropy(a(x), y).backward(); opt.step()
+    assert list(a.state_dict()) == list(cnn().state_dict())   # the keys of the unpruned model: no mask in it
     p = tmp_path / 'a.pt'
     torch.save(a.state_dict(), p)
-    b.load_state_dict(torch.load(p, weights_only=True))
-    assert Masks.from_model(b) == ma
-    a.eval(); b.eval()
     x = digit_batches(1)[0][0]
-    assert torch.equal(a(x), b(x))
-    for n in ma: assert torch.equal(a.get_submodule(n).weight, b.get_submodule(n).weight)
+    # into a fresh, unpruned model, strictly; the mask comes back from the zeros
+    fresh = cnn(seed=2)
+    fresh.load_state_dict(torch.load(p, weights_only=True), strict=True)
+    assert Masks.from_zeros(fresh) == ma
+    a.eval(); fresh.eval()
+    assert torch.equal(a(x), fresh(x))
+    # into a model pruned with another mask: it keeps its own mask and prunes the loaded weights with it
+    b.load_state_dict(torch.load(p, weights_only=True))
+    assert Masks.from_model(b) == mb
+    for n in mb:
+        assert torch.equal(b.get_submodule(n).weight, a.get_submodule(n).weight * mb[n])
     # and a pruned state dict into a fresh model pruned with the same masks, via Masks.load
     ma.save(tmp_path / 'ma.pt')
     c = cnn(seed=2)
@@ -257,5 +318,73 @@ def test_apply_on_a_float64_model():
     model = cnn().double()
     masks = random_masks(model, 0.9, seed=0)
     masks.apply(model)
-    assert model[0].weight_mask.dtype == torch.float64
-    assert Masks.from_model(model) == masks
+    assert model[0].weight_keep.dtype == torch.bool and model[0].weight.dtype == torch.float64
+    assert Masks.from_model(model) == masks == Masks.from_zeros(model)
+
+# ---------------------------------------------------------------- a pruned model is a plain model
+
+def _trained_pruned(steps=3):
+    model = cnn()
+    masks = force_masks(model, 0.9)
+    masks.apply(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    keep_pruned(opt, model)
+    for x, y in digit_batches(steps):
+        opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+    return model, masks, opt
+
+def _pruned_nonzero(model, masks): return sum(int(model.get_submodule(n).weight[~masks[n]].count_nonzero()) for n in masks)
+
+def test_deepcopy_and_pickle():
+    model, masks, _ = _trained_pruned()
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert Masks.from_model(twin) == masks and _pruned_nonzero(twin, masks) == 0
+        assert all(type(p) is nn.Parameter for p in twin.parameters())
+        assert twin[0].weight is not model[0].weight
+        # the copy is a pruned model of its own: it trains and keeps its zeros
+        opt = torch.optim.Adam(twin.parameters(), lr=1e-2)
+        keep_pruned(opt, twin)
+        for x, y in digit_batches(2):
+            opt.zero_grad(); F.cross_entropy(twin(x), y).backward(); opt.step()
+        assert _pruned_nonzero(twin, masks) == 0
+        twin.load_state_dict(cnn(seed=5).state_dict())   # dense weights in: pruned by the copy's own masks
+        assert Masks.from_zeros(twin) == masks
+
+def test_averaged_model():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    model, masks, opt = _trained_pruned(1)
+    swa, ema = AveragedModel(model), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    for x, y in digit_batches(4):
+        opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+        swa.update_parameters(model); ema.update_parameters(model)
+    for avg in (swa, ema):
+        assert _pruned_nonzero(avg.module, masks) == 0
+        assert Masks.from_model(avg.module) == masks == Masks.from_zeros(avg.module)
+    assert list(swa.module.state_dict()) == list(cnn().state_dict())
+
+def test_weights_only_state_dict(tmp_path):
+    model, masks, _ = _trained_pruned()
+    torch.save(model.state_dict(), tmp_path / 'sd.pt')
+    sd = torch.load(tmp_path / 'sd.pt', weights_only=True)
+    assert list(sd) == list(cnn().state_dict()) and all(type(v) is torch.Tensor for v in sd.values())
+    fresh = cnn(seed=3)
+    fresh.load_state_dict(sd, strict=True)
+    assert Masks.from_zeros(fresh) == masks
+    model.eval(); fresh.eval()
+    x = digit_batches(1)[0][0]
+    assert torch.equal(model(x), fresh(x))
+
+def test_torch_compile():
+    "A pruned model compiles (the mask is not in its forward pass) and trains compiled with its zeros kept."
+    model, masks, _ = _trained_pruned(1)
+    compiled = torch.compile(model)
+    x, y = digit_batches(1)[0]
+    model.eval()
+    assert torch.allclose(compiled(x), model(x), atol=1e-5)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    keep_pruned(opt, model)
+    for x, y in digit_batches(3):
+        opt.zero_grad(); F.cross_entropy(compiled(x), y).backward(); opt.step()
+    assert _pruned_nonzero(model, masks) == 0
+    assert all(model.get_submodule(n).weight[masks[n]].ne(0).all() for n in masks)
