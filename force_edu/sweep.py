@@ -23,14 +23,17 @@ from fastprogress.fastprogress import master_bar, progress_bar
 from .masks import *
 from .sensitivity import check_bn_mode, raw_logit_nll
 from .methods import METHODS, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init, check_temperature, tempered_loss, BalancedBatches
+from .methods import repeat_batches
+from .sanity import ablate
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
 
 _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   # the package's default BatchNorm mode
 
 # %% auto #0
-__all__ = ['ARCHS', 'TRAIN_FIELDS', 'PRUNE_FIELDS', 'LOSSES', 'kaiming_init', 'small_vgg', 'BasicBlock', 'SmallResNet',
-           'small_resnet', 'make_model', 'arch_channels', 'sweep_dls', 'pruning_fields', 'run_key', 'train_run',
-           'atomic_write_text', 'load_results', 'save_results', 'append_result', 'Sweep', 'run_sweep', 'sweep']
+__all__ = ['ARCHS', 'TRAIN_FIELDS', 'PRUNE_FIELDS', 'SWEEP_ABLATIONS', 'LOSSES', 'ABLATION_SEED_OFFSET', 'kaiming_init',
+           'small_vgg', 'BasicBlock', 'SmallResNet', 'small_resnet', 'make_model', 'arch_channels', 'sweep_dls',
+           'pruning_fields', 'run_key', 'train_run', 'atomic_write_text', 'load_results', 'save_results',
+           'append_result', 'Sweep', 'run_sweep', 'sweep']
 
 # %% ../nbs/09_sweep.ipynb #fa83ce3a
 def kaiming_init(model:nn.Module, # the network, initialised in place
@@ -160,7 +163,8 @@ def sweep_dls(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder
 # %% ../nbs/09_sweep.ipynb #c1d40ff3
 TRAIN_FIELDS = ('data', 'arch', 'width', 'n_train', 'n_valid', 'size', 'bs', 'epochs', 'lr', 'data_seed')   # configuration of every run
 PRUNE_FIELDS = ('steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature', 'samples_per_class')   # configuration of the pruning, where the method uses it
-_KEY_DEFAULTS = {'temperature': 1., 'samples_per_class': None}   # fields added later: left out of `run_key` at these values, so older records keep their key
+_KEY_DEFAULTS = {'temperature': 1., 'samples_per_class': None, 'ablation': 'none'}   # fields added later: left out of `run_key` at these values, so older records keep their key
+SWEEP_ABLATIONS = ('none', 'shuffle', 'reinit', 'invert')   # the method's own mask, and Frankle et al.'s three sanity checks of it
 LOSSES = {'cross_entropy': None, 'raw_nll': raw_logit_nll}   # saliency losses: the training loss, or the official code's NLL of raw logits
 
 def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
@@ -178,8 +182,8 @@ def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
 
 def run_key(rec:dict, # a run record (or any dict with the key fields)
            ) -> str:
-    "The identity of a run: method, sparsity, seed and the configuration fields it uses, as a canonical JSON string."
-    k = {f: rec.get(f) for f in ('method', 'seed') + TRAIN_FIELDS}
+    "The identity of a run: method, sparsity, seed, ablation (unless none) and the configuration fields it uses, as a canonical JSON string."
+    k = {f: rec.get(f) for f in ('method', 'seed', 'ablation') + TRAIN_FIELDS}
     k['sparsity'] = round(float(rec['sparsity']), 10)
     k.update(pruning_fields(rec['method'], rec) if rec['method'] == 'dense' or rec['method'] in METHODS else
              {f: rec.get(f) for f in PRUNE_FIELDS})
@@ -206,6 +210,32 @@ def _run_bar(mb, label):
             if self.training: self.i += 1; self.pb.update(self.i)
     return RunBar()
 
+ABLATION_SEED_OFFSET = 1_000_003   # the shuffle and the new weights of run `seed` are drawn with seed + this: never the initialisation's own seed
+
+def _callback_prune(cb, # a `PruneAtInitCallback`
+                    invert:bool, # keep the k lowest scores (`prune_at_init(invert=True)`)
+                   ):
+    "The callback's `_prune(model, dl)`, with `invert` (the callback has no such option)."
+    def prune(model, dl):
+        lf = cb.loss_func if cb.loss_func is not None else cb.learn.loss_func
+        def loss_func(out, y): return lf(out, y).as_subclass(torch.Tensor)   # fastai's losses return a TensorBase
+        return prune_at_init(model, repeat_batches(dl), cb.sparsity, cb.method, steps=cb.steps, mode=cb.mode,
+                             batches_per_step=cb.batches_per_step, loss_func=loss_func, layer_types=cb.layer_types,
+                             bn_mode=cb.bn_mode, seed=cb.seed, progress=cb.progress, on_step=cb.on_step, invert=invert)
+    return prune
+
+def _ablated_prune(prune, # a callback's `_prune(model, dl)` returning the method's mask
+                   kind:str, # 'shuffle' or 'reinit'
+                   seed:int, # seed of the shuffle or of the new weights
+                  ):
+    "`prune`, then `ablate` its mask: the shuffled mask, or the same mask with the model's prunable weights drawn again (in place; `kaiming_init`, the sweep's own initialisation)."
+    def run(model, dl):
+        masks, new = ablate(prune(model, dl), model, kind, seed, init=kaiming_init)
+        if kind == 'reinit':
+            with torch.no_grad(): model.load_state_dict(new.state_dict())   # the learner keeps its model object
+        return masks
+    return run
+
 def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIELDS`)
               method:str, # a key of `METHODS`, or 'dense'
               sparsity:float, # the requested sparsity (0 for 'dense')
@@ -215,6 +245,7 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
               chain:bool, # whether the architecture is a chain (then `disconnected` is counted)
               path:str|Path='.', # `learn.path`
               mb=None, # a `fastprogress` master bar to draw this run's progress under (`None`: no bar)
+              ablation:str='none', # 'none', or a sanity check of the method's mask: 'shuffle', 'reinit' or 'invert' (`SWEEP_ABLATIONS`)
              ) -> dict:
     "Prune (unless dense), train with `fit_one_cycle` and evaluate one network; return its record."
     from fastai.learner import Learner
@@ -223,6 +254,9 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
     from fastai.torch_core import set_seed
     import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
     from force_edu.callback import PruneAtInitCallback
+    if ablation not in SWEEP_ABLATIONS: raise ValueError(f"ablation must be one of {', '.join(SWEEP_ABLATIONS)}, got {ablation!r}")
+    if ablation != 'none' and (method == 'dense' or not get_method(method).scored):
+        raise ValueError(f"ablation {ablation!r} needs a method that ranks scores, not {method!r}")
     set_seed(seed)
     for dl in (dls.train, dls.valid): dl.rng = random.Random(seed)   # the same batch order for every method of a seed
     model = make_model(cfg['arch'], n_in, len(dls.vocab), cfg['width'])
@@ -234,10 +268,13 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
         cb = PruneAtInitCallback(sparsity, method, steps=pf['steps'], mode=pf['mode'] or 'exp',
                                  batches_per_step=pf['batches_per_step'] or 1, bn_mode=pf['bn_mode'] or _BN_DEFAULT,
                                  loss_func=loss_func, seed=seed, progress=False, verbose=False)
+        if ablation == 'invert': cb._prune = _callback_prune(cb, invert=True)   # before the class-balanced wrapper, which wraps it
         if pf['samples_per_class']:   # score class-balanced batches drawn from the training stream
             spc, n_classes, prune = pf['samples_per_class'], len(dls.vocab), cb._prune
             cb._prune = lambda model, dl: prune(model, BalancedBatches(dl, spc, n_classes))
-    cbs = [c for c in (cb, None if mb is None else _run_bar(mb, f"{method} {sparsity:g} seed {seed}")) if c is not None]
+        if ablation in ('shuffle', 'reinit'): cb._prune = _ablated_prune(cb._prune, ablation, seed + ABLATION_SEED_OFFSET)
+    label = method if ablation == 'none' else f"{method} ({ablation})"
+    cbs = [c for c in (cb, None if mb is None else _run_bar(mb, f"{label} {sparsity:g} seed {seed}")) if c is not None]
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, path=path, cbs=cbs)
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(cfg['epochs'], cfg['lr'])
@@ -249,12 +286,13 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
     rec = dict(method=method, sparsity=float(sparsity), seed=int(seed), sparsity_reached=masks.sparsity, kept=masks.kept,
                 total=masks.total, n_train_images=len(dls.train_ds), n_valid_images=len(dls.valid_ds), accuracy=float(acc), valid_loss=float(valid_loss), train_loss=float(train_loss),
                 dead_layers=masks.dead_layers, n_dead_layers=len(masks.dead_layers), disconnected=disc,
-                prune_s=round(prune_s, 3), train_s=round(total - prune_s, 3),
+                prune_s=round(prune_s, 3), train_s=round(total - prune_s, 3), ablation=ablation,
+                ablation_seed=seed + ABLATION_SEED_OFFSET if ablation in ('shuffle', 'reinit') else None,
                 **{f: cfg[f] for f in TRAIN_FIELDS}, **pf, versions=_versions(),
                 finished=datetime.now(timezone.utc).isoformat(timespec='seconds'))
     rec['masks_file'] = None
     if cb is not None:   # the mask, for per-layer plots later (`Masks.load`)
-        name = f"masks/{method}-{sparsity:g}-seed{seed}-{hashlib.sha1(run_key(rec).encode()).hexdigest()[:10]}.pt"
+        name = f"masks/{method}{'' if ablation == 'none' else '-' + ablation}-{sparsity:g}-seed{seed}-{hashlib.sha1(run_key(rec).encode()).hexdigest()[:10]}.pt"
         (Path(path)/'masks').mkdir(parents=True, exist_ok=True)
         masks.save(Path(path)/name)
         rec['masks_file'] = name
@@ -313,6 +351,10 @@ def _check_int(v, name, lo=1, none_ok=False):
 
 def _as_list(v): return [v] if isinstance(v, (str, numbers.Number)) else list(v)
 
+def _labelled(recs):
+    "Records with an ablated run's method shown as e.g. 'snip (shuffle)', for plots and tables."
+    return [r if r.get('ablation') in (None, 'none') else {**r, 'method': f"{r['method']} ({r['ablation']})"} for r in recs]
+
 class Sweep:
     "A checked plan of runs (method x sparsity x seed, plus one dense run per seed), its data, and where its results go."
     def __init__(self,
@@ -338,6 +380,7 @@ class Sweep:
                  data_seed:int=42, # seed of the data subsets and split
                  temperature:float|None=None, # logits divided by this in the saliency loss (GraSP's code: 200); `None`: each method's default
                  samples_per_class:int|None=None, # score class-balanced batches of this many examples per class (GraSP's code: 10); `None`: plain batches
+                 ablation='none', # one or several of 'none' (the method's own mask), 'shuffle', 'reinit', 'invert': each applies to the methods that rank scores
                 ):
         methods, sparsities, seeds = _as_list(methods), _as_list(sparsities), _as_list(seeds)
         if 'dense' in methods: dense, methods = True, [m for m in methods if m != 'dense']
@@ -362,6 +405,11 @@ class Sweep:
             if get_method(meth).uses_data: check_temperature(temperature, get_method(meth))
         if temperature is not None and not any(get_method(m).uses_data for m in methods):
             raise ValueError("temperature applies to the saliency loss, and none of the methods uses data: leave it out")
+        ablations = list(dict.fromkeys(_as_list(ablation)))
+        bad = [a for a in ablations if a not in SWEEP_ABLATIONS]
+        if bad or not ablations: raise ValueError(f"ablation must be one or several of {', '.join(SWEEP_ABLATIONS)}, got {bad[0] if bad else ablation!r}")
+        if any(a != 'none' for a in ablations) and not any(get_method(m).scored for m in methods):
+            raise ValueError(f"ablations {ablations} apply to methods that rank scores, and {methods} has none (random masks have nothing to shuffle or invert)")
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.cfg = dict(data=str(data), arch=str(arch), width=_check_int(width, 'width'), n_train=_check_int(n_train, 'n_train', none_ok=True),
@@ -370,7 +418,7 @@ class Sweep:
                         steps=_check_int(steps, 'steps'), mode=mode, batches_per_step=_check_int(batches_per_step, 'batches_per_step'),
                         bn_mode=bn_mode, loss=loss, temperature=None if temperature is None else float(temperature),
                         samples_per_class=_check_int(samples_per_class, 'samples_per_class', none_ok=True))
-        self.methods, self.sparsities, self.seeds, self.dense = methods, sparsities, seeds, bool(dense)
+        self.methods, self.sparsities, self.seeds, self.dense, self.ablations = methods, sparsities, seeds, bool(dense), ablations
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir(): raise ValueError(f"out={str(out)!r} exists and is not a folder")
         load_results(self.results_path)   # a damaged results file fails now
@@ -405,11 +453,12 @@ class Sweep:
     def figure_path(self) -> Path: return self.out/'accuracy_vs_sparsity.png'
 
     def plan(self) -> list[dict]:
-        "The runs of this sweep, in order: for each seed, the dense run, then every method at every sparsity."
+        "The runs of this sweep, in order: for each seed, the dense run, then every method at every sparsity, once per ablation it admits."
         runs = []
         for seed in self.seeds:
-            if self.dense: runs.append(dict(self.cfg, method='dense', sparsity=0., seed=seed))
-            runs += [dict(self.cfg, method=m, sparsity=s, seed=seed) for m in self.methods for s in self.sparsities]
+            if self.dense: runs.append(dict(self.cfg, method='dense', sparsity=0., seed=seed, ablation='none'))
+            runs += [dict(self.cfg, method=m, sparsity=s, seed=seed, ablation=a) for m in self.methods for s in self.sparsities
+                     for a in self.ablations if a == 'none' or get_method(m).scored]
         return runs
 
     def records(self) -> list[dict]:
@@ -425,7 +474,7 @@ class Sweep:
         c = self.cfg
         title = (f"{c['arch']}{' width ' + str(c['width']) if c['arch'] in ARCHS else ''} on {Path(c['data']).name}, "
                  f"{c['n_train'] or 'all'} training images, {c['epochs']} epoch{'s' * (c['epochs'] != 1)}")
-        fig = sweep_plot(recs, title=title, chance=1 / len(self.dls.vocab))
+        fig = sweep_plot(_labelled(recs), title=title, chance=1 / len(self.dls.vocab))
         path = Path(path) if path is not None else self.figure_path
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
         fig.savefig(tmp, dpi=120); os.replace(tmp, path)
@@ -433,8 +482,8 @@ class Sweep:
         return fig
 
     def table(self, metric:str='accuracy'):
-        "`sweep_table` of this sweep's records (mean ± std over seeds, in percent)."
-        return sweep_table(self.records(), metric)
+        "`sweep_table` of this sweep's records (mean ± std over seeds, in percent); an ablated method is a row of its own, e.g. 'snip (shuffle)'."
+        return sweep_table(_labelled(self.records()), metric)
 
     def run(self,
             progress:bool=True, # show a `fastprogress` master bar over the runs
@@ -458,10 +507,10 @@ class Sweep:
         try:
             for i in (mb if mb is not None else range(len(todo))):
                 r = todo[i]
-                rec = train_run(self.cfg, r['method'], r['sparsity'], r['seed'], self.dls, self.n_in, self.chain, self.out, mb)
+                rec = train_run(self.cfg, r['method'], r['sparsity'], r['seed'], self.dls, self.n_in, self.chain, self.out, mb, r['ablation'])
                 append_result(self.results_path, rec)
                 self.ran += 1
-                line = (f"{rec['method']:>10s}  sparsity {rec['sparsity']:<6g} seed {rec['seed']}  accuracy {rec['accuracy']:.4f}  "
+                line = (f"{_labelled([rec])[0]['method']:>10s}  sparsity {rec['sparsity']:<6g} seed {rec['seed']}  accuracy {rec['accuracy']:.4f}  "
                         f"dead layers {rec['n_dead_layers']}  pruning {rec['prune_s']:.1f} s  training {rec['train_s']:.1f} s")
                 if mb is not None: mb.write(line)
                 else: say(line)
@@ -491,7 +540,7 @@ def run_sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder
               progress:bool=True, # show a `fastprogress` master bar over the runs
               verbose:bool=True, # print one line per run and the final table
               threads:int|None=1, # torch CPU threads while it runs (`None`: leave as is)
-              **kwargs, # more `Sweep` options: n_valid, width, lr, bs, size, mode, batches_per_step, loss, dense, data_seed, temperature, samples_per_class
+              **kwargs, # more `Sweep` options: n_valid, width, lr, bs, size, mode, batches_per_step, loss, dense, data_seed, temperature, samples_per_class, ablation
              ):
     "Prune, train and evaluate every (method, sparsity, seed) not yet in `out/results.json`; save each run at once; plot; return the records."
     sw = Sweep(data, arch, methods, sparsities, epochs, seeds, out, steps, bn_mode, n_train, **kwargs)
@@ -519,6 +568,7 @@ def sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CI
           loss:str='cross_entropy', # saliency loss: cross_entropy or raw_nll (the official code's)
           temperature:float=None, # divide the logits by this in the saliency loss (GraSP's code: 200; default: each method's own)
           samples_per_class:int=None, # score class-balanced batches of this many images per class (GraSP's code: 10; default: plain batches)
+          ablation:Annotated[str, {'nargs': '+'}]=('none',), # sanity checks of each scored method's mask: none (its own), shuffle, reinit, invert
           dense:bool=True, # one dense run per seed, the horizontal line (--no-dense: leave it out)
           threads:int=1, # torch CPU threads
           progress:bool=True, # a progress bar over the runs (--no-progress: plain lines)
@@ -528,7 +578,7 @@ def sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CI
         sw = Sweep(data=data, arch=arch, methods=methods, sparsities=sparsities, epochs=epochs, seeds=seeds, out=out, steps=steps,
                    bn_mode=bn_mode, n_train=n_train, n_valid=n_valid, width=width, lr=lr, bs=bs, size=size, mode=mode,
                    batches_per_step=batches_per_step, loss=loss, dense=dense, temperature=temperature,
-                   samples_per_class=samples_per_class)
+                   samples_per_class=samples_per_class, ablation=ablation)
     except (ValueError, FileNotFoundError) as e: raise CliError(f"force-edu sweep: error: {e}") from None
     try: sw.run(progress=progress, verbose=True, threads=threads)
     except KeyboardInterrupt: return 130

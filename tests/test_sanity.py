@@ -335,3 +335,83 @@ def test_invert_bad_input():
     for name in ('random', 'erk', 'smart_ratio'):
         one_line_value_error(lambda: prune_at_init(model, None, 0.9, name, invert=True), 'ranks no scores')
     one_line_value_error(lambda: prune_at_init(model, digit_batches(1), 0.9, 'snip', invert=1), 'invert must be True or False')
+
+
+# --- the sweep: ablation runs, and the keys of every committed record ---------------------------------------------
+
+def legacy_run_key(rec):
+    "`run_key` as it was before the `ablation` option (commit a09a574): what every committed record was stored under."
+    import json
+    from force_edu.methods import METHODS
+    from force_edu.sweep import TRAIN_FIELDS, PRUNE_FIELDS, pruning_fields
+    k = {f: rec.get(f) for f in ('method', 'seed') + TRAIN_FIELDS}
+    k['sparsity'] = round(float(rec['sparsity']), 10)
+    k.update(pruning_fields(rec['method'], rec) if rec['method'] == 'dense' or rec['method'] in METHODS else
+             {f: rec.get(f) for f in PRUNE_FIELDS})
+    for f, default in {'temperature': 1., 'samples_per_class': None}.items():
+        if k.get(f) in (None, default): k.pop(f, None)
+    return json.dumps(k, sort_keys=True)
+
+
+def _committed_results():
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(['git', 'ls-files', 'nbs/tutorials/sweeps/*/results.json'], cwd=root, capture_output=True, text=True)
+    return [root / p for p in out.stdout.split()] if out.returncode == 0 else sorted(root.glob('nbs/tutorials/sweeps/*/results.json'))
+
+
+def test_committed_records_keep_their_run_keys():
+    from force_edu.sweep import load_results, run_key
+    paths = _committed_results()
+    assert paths, "no committed results.json found"
+    n = 0
+    for p in paths:
+        for rec in load_results(p):
+            assert run_key(rec) == legacy_run_key(rec), (p, rec['method'], rec['sparsity'], rec['seed'])
+            assert run_key({**rec, 'ablation': 'none'}) == run_key(rec)
+            if rec['method'] != 'dense': assert run_key({**rec, 'ablation': 'shuffle'}) != run_key(rec)
+            n += 1
+    assert n > 100
+
+
+def test_ablated_prune_shuffles_or_redraws_in_place():
+    from force_edu.sweep import _ablated_prune, kaiming_init
+    model = kaiming_init(cnn())
+    chosen = erk_mask(model, 150, seed=0)
+    keep = copy_masks(chosen)
+    prune = lambda m, dl: chosen
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    masks = _ablated_prune(prune, 'shuffle', 7)(model, None)
+    assert masks.layer_kept() == keep.layer_kept() and masks != keep and chosen == keep
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())   # shuffling leaves the model as it was
+    params = [id(p) for p in model.parameters()]
+    masks = _ablated_prune(prune, 'reinit', 7)(model, None)
+    assert masks == keep and chosen == keep
+    assert [id(p) for p in model.parameters()] == params                              # the same parameters, new values
+    for n, t in model.state_dict().items():
+        assert torch.equal(before[n], t) != (n in ('0.weight', '3.weight', '7.weight')), n
+
+
+def test_callback_prune_matches_the_callback_and_inverts():
+    from types import SimpleNamespace
+    import torch.nn.functional as F
+    from force_edu.callback import PruneAtInitCallback
+    from force_edu.sweep import _callback_prune
+    model, bs = cnn(), digit_batches(2)
+    for method in ('snip', 'iter_snip'):
+        cb = PruneAtInitCallback(0.9, method, steps=3, loss_func=F.cross_entropy, progress=False, verbose=False)
+        cb.learn = SimpleNamespace(loss_func=F.cross_entropy)   # what a Learner would hold; the callback reads it
+        own = cb._prune(model, bs)
+        assert _callback_prune(cb, invert=False)(model, bs) == own   # the same call as the callback's own
+        inv = _callback_prune(cb, invert=True)(model, bs)
+        assert inv == prune_at_init(model, bs * 2, 0.9, method, steps=3, invert=True) and inv != own
+
+
+def test_sweep_ablation_bad_input():
+    from force_edu.sweep import Sweep, train_run
+    base = dict(data='digits', arch='vgg', sparsities=[0.9], epochs=1, n_train=256, bs=64, width=4, steps=3)
+    one_line_value_error(lambda: Sweep(**base, methods=['snip'], ablation='swap', out='/nonexistent/x'), 'ablation must be one or several of')
+    one_line_value_error(lambda: Sweep(**base, methods=['random'], ablation=['shuffle'], out='/nonexistent/x'), 'has none')
+    one_line_value_error(lambda: train_run({}, 'random', 0.9, 0, None, 1, True, ablation='shuffle'), "needs a method that ranks scores")
+    one_line_value_error(lambda: train_run({}, 'snip', 0.9, 0, None, 1, True, ablation='invertt'), 'ablation must be one of')
