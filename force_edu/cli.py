@@ -6,13 +6,109 @@ Docs: https://force-edu.github.io/force_edu/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #0759bd52
 from __future__ import annotations
-import importlib, json as _json, sys, warnings
-from fastcore.script import call_parse, anno_parser, CliError
+import argparse, importlib, json as _json, math, sys, warnings
+from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMMANDS', 'PROG', 'format_datasets', 'data', 'get_command', 'usage', 'main']
+__all__ = ['METHOD_NAMES', 'BN_MODES', 'SCHEDULE_MODES', 'LOSS_NAMES', 'ABLATIONS', 'FASHION_MNIST_DIR', 'DEMO_DEFAULTS', 'PROG',
+           'COMMANDS', 'CommandError', 'option', 'flag', 'quiet_dependencies', 'heavy_import', 'Command',
+           'format_datasets', 'data', 'data_options', 'demo_options', 'sweep_data', 'sweep_options', 'usage', 'main']
 
-# %% ../nbs/07_cli.ipynb #bf7f1885
+# %% ../nbs/07_cli.ipynb #a488b5f0
+METHOD_NAMES = ('random', 'magnitude', 'snip', 'snip_mb', 'grasp', 'grasp_mb', 'erk', 'smart_ratio',
+                'force', 'iter_snip', 'grasp_it', 'synflow')  # the keys of `force_edu.methods.METHODS` (a test keeps them equal)
+BN_MODES = ('train', 'eval')  # BatchNorm modes while saliencies are computed (`force_edu.sensitivity.BN_MODES`)
+SCHEDULE_MODES = ('exp', 'linear')  # sparsity schedules of iterative methods (`force_edu.methods.SCHEDULE_MODES`)
+LOSS_NAMES = ('cross_entropy', 'raw_nll')  # saliency losses of the sweep (the keys of `force_edu.sweep.LOSSES`)
+ABLATIONS = ('none', 'shuffle', 'reinit', 'invert')  # the sweep's sanity checks (`force_edu.sweep.SWEEP_ABLATIONS`)
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # `force_edu.data.FASHION_MNIST_PATH`
+DEMO_DEFAULTS = dict(sparsity=0.99, method='force', epochs=3, size=16, steps=10, lr=1e-2, seed=0, threads=1)  # `force_edu.callback.run_demo`'s
+
+# %% ../nbs/07_cli.ipynb #24598af7
+class CommandError(Exception):
+    "A value a subcommand rejects: `main` prints the message as one line and returns status 2."
+
+def _checked(conv, ok, what):
+    "An argparse `type`: `conv(text)`, accepted if `ok` of it is true; otherwise an error that says `what` to pass."
+    def f(text):
+        try: v = conv(text)
+        except ValueError: v = None
+        if v is None or not ok(v): raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return v
+    f.__name__ = conv.__name__
+    return f
+
+_sparsity = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1) (the fraction of prunable weights removed: 0.99 keeps 1%)")
+_pos_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+_nat_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+_pos_float = _checked(float, lambda v: 0 < v < math.inf, "a positive number")
+
+class _Parser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose usage errors are one line: `force-edu demo: error: ... (see `force-edu demo --help`)`."
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+def option(p:argparse.ArgumentParser, # the parser to add to
+           name:str, # the option's name, `_` for `-`: 'n_train' is `--n-train`
+           type=None, # converts and checks the text, e.g. `_pos_int`
+           default=None, # the value when the option is not given; shown at the end of the help unless `None`
+           help:str='', # what the option is
+           choices=None, # the valid values, listed in the help
+           nargs=None, # '+' for one or more values
+           metavar:str|None=None, # the value's name in the help (default: NAME)
+          ):
+    "Add option `--name` to `p`, its help ending with its valid values and its default."
+    if choices: help += f"; {'one or more' if nargs else 'one'} of: {', '.join(choices)}"
+    if default is not None: help += f" (default: {' '.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
+    p.add_argument('--' + name.replace('_', '-'), dest=name, type=type, default=default, help=help.replace('%', '%%'), choices=choices,
+                   nargs=nargs, metavar=metavar or name.upper())
+
+def flag(p:argparse.ArgumentParser, # the parser to add to
+         name:str, # the flag's name, `_` for `-`
+         help:str, # what giving the flag does
+         dest:str|None=None, # the argument it sets (default: `name`); `--no-x` sets `x` to False
+        ):
+    "Add a flag `--name`, no value; `--no-x` sets `x` to False, any other flag sets `name` to True."
+    neg = name.startswith('no_')
+    p.add_argument('--' + name.replace('_', '-'), dest=dest or (name[3:] if neg else name),
+                   action='store_false' if neg else 'store_true', help=help.replace('%', '%%'))
+
+# %% ../nbs/07_cli.ipynb #d2b21bd0
+class quiet_dependencies(warnings.catch_warnings):
+    "Context manager: inside it, the warnings that torch and fastai raise about themselves (not about your code) are not shown."
+    def __enter__(self):
+        res = super().__enter__()
+        warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.* is deprecated', category=FutureWarning)
+        warnings.filterwarnings('ignore', message=r".*'mode\.chained_assignment' option is deprecated")
+        return res
+
+def heavy_import(name:str, # a module of this package, e.g. 'force_edu.sweep'
+                ):
+    "Import `name` (and with it torch and fastai) inside `quiet_dependencies`."
+    with quiet_dependencies(): return importlib.import_module(name)
+
+class Command:
+    "A subcommand: a one-line summary, the options it takes (declared without importing torch) and the function that runs it."
+    def __init__(self, summary:str, # one line, shown by `force-edu --help`
+                 options, # `options(parser)` adds the subcommand's options to an `argparse` parser
+                 run, # called with the parsed options as keyword arguments; or 'module:function', imported only to run
+                ):
+        self.summary, self.options, self.run = summary, options, run
+    def parser(self, name:str, # the subcommand's name, for the usage line
+              ) -> argparse.ArgumentParser:
+        "The parser of `force-edu name`: its `--help` and usage errors need nothing beyond the standard library."
+        p = _Parser(prog=f"{PROG} {name}", description=self.summary)
+        self.options(p)
+        return p
+    def function(self):
+        "The function that runs the subcommand, imported now if it was registered as 'module:function'."
+        if not isinstance(self.run, str): return self.run
+        mod, _, attr = self.run.partition(':')
+        f = getattr(heavy_import(mod), attr)
+        return getattr(f, '__wrapped__', f)   # the plain function under fastcore's `call_parse`
+
+PROG = 'force-edu'
+
+# %% ../nbs/07_cli.ipynb #ce43a016
 def format_datasets(avail:dict, # what `available_datasets()` returns
                    ) -> str:
     "A readable table of `avail`: one block per data set, with how to load it or how to get it."
@@ -24,45 +120,89 @@ def format_datasets(avail:dict, # what `available_datasets()` returns
         lines.append(f"  {'':<{w}}  {'load:' if d['available'] else 'get:':<9}  {d.get('load') or d.get('install')}")
     return '\n'.join(lines)
 
-@call_parse
 def data(json:bool=False, # print JSON instead of a table
         ):
     "List the data sets this machine has offline and how to load them."
-    with warnings.catch_warnings():  # importing fastai prints a torch deprecation notice that users can do nothing about
-        warnings.filterwarnings('ignore', message='.*torch.jit.script.*')
-        from force_edu.data import available_datasets
-    avail = available_datasets()
+    avail = heavy_import('force_edu.data').available_datasets()
     print(_json.dumps(avail, indent=2) if json else format_datasets(avail))
 
-# %% ../nbs/07_cli.ipynb #7ff3bbd3
+def data_options(p:argparse.ArgumentParser, # the parser to add the options to
+                ):
+    "The options of `force-edu data`."
+    flag(p, 'json', "print JSON instead of a table")
+
+# %% ../nbs/07_cli.ipynb #138c7179
+def demo_options(p:argparse.ArgumentParser, # the parser to add the options to
+                ):
+    "The options of `force-edu demo`: the arguments of `force_edu.callback.run_demo` that a user sets."
+    d = DEMO_DEFAULTS
+    option(p, 'sparsity', _sparsity, d['sparsity'], "fraction of prunable weights removed, in [0, 1): 0.99 keeps 1%")
+    option(p, 'method', str, d['method'], "pruning method compared with random pruning and the dense network", METHOD_NAMES)
+    option(p, 'epochs', _pos_int, d['epochs'], "training epochs of each network")
+    option(p, 'out', str, None, "folder for everything written (default: a new temporary folder)")
+    option(p, 'size', _pos_int, d['size'], "side of the input images, in pixels (the 8x8 digits, upsampled)")
+    option(p, 'steps', _pos_int, d['steps'], "pruning steps of iterative methods (batches averaged by the _mb methods)")
+    option(p, 'lr', _pos_float, d['lr'], "maximum learning rate of fit_one_cycle")
+    option(p, 'seed', _nat_int, d['seed'], "seed of the initialization, the data order and random pruning")
+    option(p, 'threads', _pos_int, d['threads'],
+           "torch CPU threads; the accuracies depend on it (1: the same table on any machine's core count)")
+
+# %% ../nbs/07_cli.ipynb #ba881371
+def sweep_data(text:str, # the value of `--data`
+              ) -> str:
+    "`--data` checked: 'digits', 'fashion-mnist' if it is installed, or an existing folder."
+    if text == 'digits' or (text == 'fashion-mnist' and Path(FASHION_MNIST_DIR).is_dir()) or Path(text).is_dir(): return text
+    if text == 'fashion-mnist':
+        raise argparse.ArgumentTypeError(f"Fashion-MNIST is not in {FASHION_MNIST_DIR}: install it with `apt-get install "
+                                         "dataset-fashion-mnist` (as root; `sudo apt-get ...` otherwise), or pass --data digits")
+    raise argparse.ArgumentTypeError(f"must be 'fashion-mnist', 'digits' or an existing folder, got {text!r}")
+
+def sweep_options(p:argparse.ArgumentParser, # the parser to add the options to
+                 ):
+    "The options of `force-edu sweep`: the arguments of `force_edu.sweep.sweep`, with the same defaults."
+    option(p, 'data', sweep_data, 'fashion-mnist', "'fashion-mnist', 'digits', or a folder (CIFAR-style train/ and test/, or MNIST-style IDX files)")
+    option(p, 'arch', str, 'vgg', "'vgg', 'resnet', or a torchvision / timm model name")
+    option(p, 'methods', str, ('random', 'snip', 'force', 'iter_snip'), "pruning methods ('dense' adds the dense run)",
+           METHOD_NAMES + ('dense',), nargs='+', metavar='METHOD')
+    option(p, 'sparsities', _sparsity, (0.9, 0.99, 0.998), "fractions of prunable weights removed, each in [0, 1): "
+           "0.99 keeps 1%; 0 adds the dense run", nargs='+', metavar='SPARSITY')
+    option(p, 'epochs', _pos_int, 3, "training epochs of every run")
+    option(p, 'seeds', _nat_int, (0,), "seeds (initialization, batch order, random pruning)", nargs='+', metavar='SEED')
+    option(p, 'out', str, 'sweep', "folder for results.json and accuracy_vs_sparsity.png; a sweep there resumes")
+    option(p, 'steps', _pos_int, 50, "pruning steps of iterative methods")
+    option(p, 'bn_mode', str, 'train', "BatchNorm while saliencies are computed", BN_MODES)
+    option(p, 'n_train', _pos_int, None, "random subset of the training images (default: all)")
+    option(p, 'n_valid', _pos_int, None, "random subset of the validation images (default: all)")
+    option(p, 'width', _pos_int, 32, "width of the vgg and resnet networks")
+    option(p, 'lr', _pos_float, 1e-2, "maximum learning rate of fit_one_cycle")
+    option(p, 'bs', _pos_int, 128, "batch size")
+    option(p, 'size', _pos_int, None, "image side, in pixels (default: the data set's)")
+    option(p, 'mode', str, 'exp', "sparsity schedule of iterative methods", SCHEDULE_MODES)
+    option(p, 'batches_per_step', _pos_int, 1, "batches averaged at each pruning step")
+    option(p, 'loss', str, 'cross_entropy', "saliency loss (raw_nll: the official code's)", LOSS_NAMES)
+    option(p, 'temperature', _pos_float, None, "divide the logits by this in the saliency loss (GraSP's code: 200; "
+           "default: each method's own)")
+    option(p, 'samples_per_class', _pos_int, None, "score class-balanced batches of this many images per class "
+           "(GraSP's code: 10; default: plain batches)")
+    option(p, 'ablation', str, ('none',), "sanity checks of each scored method's mask (none: its own)", ABLATIONS, nargs='+')
+    flag(p, 'no_dense', "leave out the dense run (by default there is one per seed: the horizontal line)")
+    option(p, 'threads', _pos_int, 1, "torch CPU threads")
+    flag(p, 'no_progress', "plain lines instead of a progress bar over the runs")
+    p.set_defaults(dense=True, progress=True)
+
+# %% ../nbs/07_cli.ipynb #caf56c87
 COMMANDS = {
-    'data': data,
-    'demo': 'force_edu.callback:demo',   # the main job: FORCE vs random vs dense on the digits (the callback notebook)
-    'sweep': 'force_edu.sweep:sweep',    # prune and train every (method, sparsity, seed); resumable (the sweep notebook)
+    'data': Command("List the data sets this machine has offline and how to load them.", data_options, data),
+    'demo': Command("Prune a ResNet-18 at initialization on the digits; compare with random pruning and the dense network.",
+                    demo_options, 'force_edu.callback:run_demo'),   # the callback notebook
+    'sweep': Command("Prune at initialization, train and test every (method, sparsity, seed); plot accuracy against sparsity.",
+                     sweep_options, 'force_edu.sweep:sweep'),      # the sweep notebook
 }
-
-PROG = 'force-edu'
-
-def get_command(name:str, # a key of `COMMANDS`
-               ):
-    "The function of subcommand `name`, importing it first if it is registered as `'module:function'`."
-    f = COMMANDS[name]
-    if isinstance(f, str):
-        mod, _, attr = f.partition(':')
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='.*torch.jit.script.*')
-            f = getattr(importlib.import_module(mod), attr)
-    return f
-
-def _summary(name):
-    try: doc = get_command(name).__doc__ or ''
-    except Exception as e: return f"(unavailable: {type(e).__name__}: {e})"
-    return doc.strip().splitlines()[0] if doc.strip() else ''
 
 def usage() -> str:
     "The text of `force-edu --help`: the subcommands, one line each."
     w = max(map(len, COMMANDS))
-    cmds = '\n'.join(f"  {n:<{w}}  {_summary(n)}" for n in COMMANDS)
+    cmds = '\n'.join(f"  {n:<{w}}  {c.summary}" for n, c in COMMANDS.items())
     return (f"usage: {PROG} <command> [options]\n\n"
             "Pruning neural networks at initialization (FORCE, Iterative SNIP and baselines).\n\n"
             f"commands:\n{cmds}\n\n"
@@ -82,15 +222,14 @@ def main(argv:list[str]|None=None, # the arguments after the program name (defau
     if name not in COMMANDS:
         print(f"{PROG}: unknown command {name!r}; the commands are: {', '.join(COMMANDS)} (see `{PROG} --help`).", file=sys.stderr)
         return 2
-    func = get_command(name)
-    func = getattr(func, '__wrapped__', func)  # the plain function under `call_parse`
+    cmd = COMMANDS[name]
     try:
-        args = vars(anno_parser(func, prog=f"{PROG} {name}").parse_args(rest))
-        for k in ('pdb', 'xtra'): args.pop(k, None)
-        res = func(**args)
-    except CliError as e:  # the subcommand rejected a value
-        print(e, file=sys.stderr); return 2
+        args = vars(cmd.parser(name).parse_args(rest))   # --help and usage errors exit here, before torch is imported
+        with quiet_dependencies(): res = cmd.function()(**args)   # e.g. torchvision's import, when the sweep looks up --arch
     except SystemExit as e:  # argparse's --help (0) and usage errors (2)
         if e.code is None or isinstance(e.code, int): return e.code or 0
         print(e.code, file=sys.stderr); return 2
+    except Exception as e:
+        if not isinstance(e, CommandError) and type(e).__name__ != 'CliError': raise   # fastcore's, raised by `sweep`
+        print(e, file=sys.stderr); return 2
     return res if isinstance(res, int) else 0

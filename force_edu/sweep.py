@@ -510,7 +510,7 @@ class Sweep:
                 rec = train_run(self.cfg, r['method'], r['sparsity'], r['seed'], self.dls, self.n_in, self.chain, self.out, mb, r['ablation'])
                 append_result(self.results_path, rec)
                 self.ran += 1
-                line = (f"{_labelled([rec])[0]['method']:>10s}  sparsity {rec['sparsity']:<6g} seed {rec['seed']}  accuracy {rec['accuracy']:.4f}  "
+                line = (f"{_labelled([rec])[0]['method']:>10s}  sparsity {rec['sparsity']:<6g} seed {rec['seed']}  accuracy {100 * rec['accuracy']:.2f}%  "
                         f"dead layers {rec['n_dead_layers']}  pruning {rec['prune_s']:.1f} s  training {rec['train_s']:.1f} s")
                 if mb is not None: mb.write(line)
                 else: say(line)
@@ -523,7 +523,7 @@ class Sweep:
         self.seconds = time.perf_counter() - t0
         self.plot()
         recs = self.records()
-        if verbose and recs: say(self.table().to_string())
+        if verbose and recs: say(f"accuracy in % (mean ± std over seeds), by sparsity:\n{self.table().to_string()}")
         return pd.DataFrame(recs)
 
 # %% ../nbs/09_sweep.ipynb #ec642e45
@@ -550,8 +550,8 @@ def run_sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder
 @call_parse
 def sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CIFAR-style train/ and test/, or MNIST-style IDX files)
           arch:str='vgg', # 'vgg', 'resnet', or a torchvision / timm model name
-          methods:Annotated[str, {'nargs': '+'}]=('random', 'snip', 'force', 'iter_snip'), # pruning methods (keys of METHODS)
-          sparsities:Annotated[float, {'nargs': '+'}]=(0.9, 0.99, 0.998), # sparsities in (0, 1); 0 adds the dense run
+          methods:Annotated[str, {'nargs': '+'}]=('random', 'snip', 'force', 'iter_snip'), # pruning methods: keys of METHODS (random, snip, force, iter_snip, ...); 'dense' adds the dense run
+          sparsities:Annotated[float, {'nargs': '+'}]=(0.9, 0.99, 0.998), # fractions of prunable weights removed, each in [0, 1): 0.99 keeps 1%; 0 adds the dense run
           epochs:int=3, # training epochs of every run
           seeds:Annotated[int, {'nargs': '+'}]=(0,), # seeds (initialisation, batch order, random pruning)
           out:str='sweep', # folder for results.json and accuracy_vs_sparsity.png; a sweep there resumes
@@ -569,9 +569,9 @@ def sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CI
           temperature:float=None, # divide the logits by this in the saliency loss (GraSP's code: 200; default: each method's own)
           samples_per_class:int=None, # score class-balanced batches of this many images per class (GraSP's code: 10; default: plain batches)
           ablation:Annotated[str, {'nargs': '+'}]=('none',), # sanity checks of each scored method's mask: none (its own), shuffle, reinit, invert
-          dense:bool=True, # one dense run per seed, the horizontal line (--no-dense: leave it out)
+          dense:bool=True, # one dense run per seed, the horizontal line
           threads:int=1, # torch CPU threads
-          progress:bool=True, # a progress bar over the runs (--no-progress: plain lines)
+          progress:bool=True, # a progress bar over the runs (False: plain lines)
          ):
     "Prune at initialization, train and test every (method, sparsity, seed); plot accuracy against sparsity."
     try:

@@ -1,9 +1,10 @@
 "The `force-edu` console script, run as a user runs it: in a subprocess."
-import json, os, shutil, subprocess, sys
+import inspect, json, os, resource, shutil, subprocess, sys
 from importlib.metadata import entry_points
 from pathlib import Path
 import pytest
 from force_edu.cli import COMMANDS, main
+from force_edu import cli
 
 def force_edu_cmd():
     "The installed console script beside this Python (the venv's), else the one on PATH."
@@ -12,9 +13,12 @@ def force_edu_cmd():
     assert exe, 'no `force-edu` script: install the package with `pip install -e ".[dev]"`'
     return exe
 
-def run(*args, timeout=300):
+def run(*args, timeout=300, warnings='ignore'):
+    "Run `force-edu *args`; `warnings=None`: with Python's default warning filters, as a user runs it."
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    if warnings: env['PYTHONWARNINGS'] = warnings
     return subprocess.run([force_edu_cmd(), *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+                          stdin=subprocess.DEVNULL, env=env)
 
 def test_entry_point_declared():
     eps = {ep.name: ep.value for ep in entry_points(group='console_scripts')}
@@ -85,3 +89,72 @@ def test_demo_writes_only_in_its_folder(tmp_path):
     for col in ('sparsity', 'dead_layers', 'accuracy', 'prune_s', 'train_s'): assert col in header.split(), header
     table = r.stdout[r.stdout.index(header):]
     for name in ('force', 'random', 'dense'): assert f'\n{name} ' in table, table
+
+
+# --- answers before torch is imported ----------------------------------------------------------------------------------
+
+FAST = [('--help',), ('demo', '--help'), ('sweep', '--help'), ('data', '--help'), ('demo', '--sparsity', '1.5'),
+        ('demo', '--method', 'forse'), ('demo', '--epochs', '0'), ('sweep', '--methods', 'forse'),
+        ('sweep', '--sparsities', '0.9', '1'), ('sweep', '--loss', 'mse'), ('sweep', '--data', 'nowhere'),
+        ('sweep', '--no-such-option'), ('frobnicate',)]
+
+@pytest.mark.parametrize('args', FAST, ids=' '.join)
+def test_help_and_errors_do_not_import_torch(args):
+    "`--help` and every argument error answer from the standard library: torch (seconds to import) is never loaded."
+    code = ("import sys; from force_edu.cli import main; rc = main(sys.argv[1:]); "
+            "mods = [m for m in ('torch', 'fastai', 'fastcore.script', 'numpy') if m in sys.modules]; "
+            "print('IMPORTED', mods, file=sys.stderr); sys.exit(rc)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    err = r.stderr.splitlines()
+    assert err[-1] == 'IMPORTED []', r.stderr
+    assert r.returncode == (0 if args[-1] == '--help' else 2), r.stderr
+    if r.returncode: assert len(err) == 2 and err[0].startswith('force-edu'), r.stderr   # one line of error
+    # CPU time, not wall time: the machine may be busy; an idle one answers in about this much wall time
+    assert cpu < 0.5, f"{' '.join(args)} took {cpu:.2f} s of CPU"
+
+def test_help_lists_valid_values_and_no_flag_defaults():
+    demo, sweep = run('demo', '--help').stdout, run('sweep', '--help').stdout
+    flat = lambda t: ' '.join(t.split())
+    for name in cli.METHOD_NAMES: assert f' {name},' in flat(demo) or f' {name} ' in flat(demo), name
+    for names in (cli.METHOD_NAMES, cli.LOSS_NAMES, cli.ABLATIONS, cli.BN_MODES, cli.SCHEDULE_MODES):
+        assert ', '.join(names) in flat(sweep), names
+    assert '(default: True)' not in sweep and '(default: False)' not in sweep
+    assert 'in [0, 1)' in flat(sweep) and '(0, 1)' not in sweep   # the help says what the error says
+
+def test_static_lists_equal_their_sources():
+    "The valid values `force_edu.cli` lists without importing torch are those of the modules that define them."
+    from force_edu.methods import METHODS, SCHEDULE_MODES
+    from force_edu.sensitivity import BN_MODES
+    from force_edu.sweep import LOSSES, SWEEP_ABLATIONS
+    from force_edu.data import FASHION_MNIST_PATH
+    assert cli.METHOD_NAMES == tuple(METHODS)
+    assert (cli.SCHEDULE_MODES, cli.BN_MODES) == (tuple(SCHEDULE_MODES), tuple(BN_MODES))
+    assert (cli.LOSS_NAMES, cli.ABLATIONS) == (tuple(LOSSES), tuple(SWEEP_ABLATIONS))
+    assert cli.FASHION_MNIST_DIR == str(FASHION_MNIST_PATH)
+
+def _defaults(name): return vars(COMMANDS[name].parser(name).parse_args([]))
+def _params(f): return {k: p.default for k, p in inspect.signature(inspect.unwrap(f)).parameters.items()}
+
+def test_options_are_the_arguments_of_the_functions_they_run():
+    from force_edu.sweep import sweep
+    from force_edu.callback import run_demo
+    assert _defaults('sweep') == _params(sweep)
+    rd = _params(run_demo)
+    assert _defaults('demo') == {k: rd[k] for k in _defaults('demo')}
+    assert _defaults('demo') == {**cli.DEMO_DEFAULTS, 'out': None}
+
+def test_sweep_parses_lists_and_flags():
+    p = COMMANDS['sweep'].parser('sweep')
+    a = vars(p.parse_args('--methods random snip --sparsities 0 0.9 --seeds 0 1 --no-dense --no-progress --n-train 100 --data digits'.split()))
+    assert (a['methods'], a['sparsities'], a['seeds'], a['dense'], a['progress'], a['n_train']) == (
+        ['random', 'snip'], [0.0, 0.9], [0, 1], False, False, 100)
+
+def test_sweep_error_after_import_is_one_line(tmp_path):
+    "What needs the data or the network (here: an architecture name) is checked by `Sweep`, still as one line, status 2."
+    r = run('sweep', '--data', 'digits', '--arch', 'vgg99', '--out', str(tmp_path/'sw'), timeout=600, warnings=None)
+    assert r.returncode == 2 and r.stdout == '', r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "unknown architecture 'vgg99'" in r.stderr, r.stderr
+    assert not (tmp_path/'sw').exists()   # and no warning from torch or fastai: the error is the only line
