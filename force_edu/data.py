@@ -6,16 +6,18 @@ Docs: https://force-edu.github.io/force_edu/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #dad15edc
 from __future__ import annotations
-import functools, gzip, os
+import functools, gzip, os, warnings
 from pathlib import Path
 
 import numpy as np
 from fastcore.basics import ifnone
-from fastai.data.block import DataBlock, CategoryBlock
-from fastai.data.transforms import ItemGetter, Normalize, get_image_files, parent_label, GrandparentSplitter
-from fastai.vision.core import PILImage, PILImageBW
-from fastai.vision.data import ImageBlock
-from fastai.vision.augment import Resize
+with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, and torch warns that it is deprecated: not the user's concern
+    warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.* is deprecated', category=FutureWarning)
+    from fastai.data.block import DataBlock, CategoryBlock
+    from fastai.data.transforms import ItemGetter, Normalize, get_image_files, parent_label, GrandparentSplitter
+    from fastai.vision.core import PILImage, PILImageBW
+    from fastai.vision.data import ImageBlock
+    from fastai.vision.augment import Resize
 
 # %% auto #0
 __all__ = ['DIGIT_CLASSES', 'FASHION_MNIST_PATH', 'FASHION_MNIST_APT', 'FASHION_CLASSES', 'IDX_FILES', 'seeded_split',
@@ -117,7 +119,7 @@ def write_idx(a:np.ndarray, # array of one of the IDX element types (uint8, int8
 
 # %% ../nbs/06_data.ipynb #be6e86e4
 FASHION_MNIST_PATH = Path('/usr/share/datasets/fashion-mnist')  # where Debian's `dataset-fashion-mnist` puts the IDX files
-FASHION_MNIST_APT = 'sudo apt-get install dataset-fashion-mnist'  # the command that installs them
+FASHION_MNIST_APT = ('' if getattr(os, 'geteuid', lambda: 0)() == 0 else 'sudo ') + 'apt-get install dataset-fashion-mnist'  # the command that installs them: sudo only for a user who is not root
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                    'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']  # Fashion-MNIST class names, in label order
 IDX_FILES = {'train_images': 'train-images-idx3-ubyte', 'train_labels': 'train-labels-idx1-ubyte',

@@ -180,3 +180,18 @@ def test_available_datasets(tmp_path):
     assert not missing['available'] and APT in missing['install']
     present = available_datasets(make_idx_folder(tmp_path))['fashion-mnist']
     assert present['available'] and present['load'] == f"idx_dls({str(tmp_path)!r})"
+
+# --- install command and import ---------------------------------------------------------------------------------
+
+def test_install_command_works_as_root_and_as_a_user():
+    "`sudo` only for a user who is not root: a root shell (a container, CI) often has no sudo."
+    import os
+    from force_edu.data import FASHION_MNIST_APT
+    assert FASHION_MNIST_APT == ('sudo ' if os.geteuid() != 0 else '') + APT
+
+def test_import_prints_no_dependency_warning():
+    "Importing `force_edu.data` first (before fastai) shows none of the warnings torch raises about fastai's import."
+    import subprocess, sys, os
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    r = subprocess.run([sys.executable, '-c', 'import force_edu.data'], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and 'torch.jit.script' not in r.stderr, r.stderr
