@@ -1,4 +1,4 @@
-"""The derivative of the loss with respect to the mask (eq. 2 and 5), evaluated at any mask without touching the model; the FORCE objective (eq. 6), the gradient norm, and the Hessian-gradient product GRASP needs (eq. 4), each checked numerically.
+"""The derivative of the loss with respect to the mask (eq. 2 and 5), evaluated at any mask without touching the model; the FORCE objective (eq. 6), the gradient norm, and the Hessian-gradient product GRASP needs; the problem all these methods approximate (eq. 1), and the derivations of GRASP (eq. 4) and GRASP-It (eq. 17), each checked numerically.
 
 Docs: https://force-edu.github.io/force_edu/sensitivity.html.md"""
 
