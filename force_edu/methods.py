@@ -218,8 +218,12 @@ class PruningJob:
         for _ in range(n):
             try: b = next(self._it)
             except StopIteration:
+                nb = lambda n: f"{n} batch{'es' if n != 1 else ''}"
+                if self._taken == 0:   # nothing at all: the steps are beside the point
+                    raise ValueError(f"the iterable of batches is empty (it ran out after 0 batches): {self.method.name} needs "
+                                     f"{nb(self.n_batches)} of (x, y); pass a DataLoader or a list of (x, y) batches") from None
                 raise ValueError(f"{self.method.name} with steps={self.steps} and batches_per_step={self.batches_per_step} "
-                                 f"needs {self.n_batches} batches, but the iterable ran out after {self._taken}; pass more "
+                                 f"needs {nb(self.n_batches)}, but the iterable ran out after {self._taken}; pass more "
                                  f"batches (e.g. `repeat_batches(dl)` to go over a DataLoader again) or lower `steps`") from None
             out.append(b); self._taken += 1
         return out
