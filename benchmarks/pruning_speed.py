@@ -26,9 +26,18 @@ of each side, and is the median of the method's times over the median of the flo
    `torch.cuda.max_memory_allocated`). On CPU each is measured twice: with glibc's default allocator (`mem_ratio`), and
    "live" (`mem_ratio_live`) with `MALLOC_MMAP_THRESHOLD_=1048576` on both sides, where every allocation over 1 MB is
    its own mapping, returned on free, so that the peak counts the tensors alive at once rather than what glibc keeps.
-3. **Training.** Seconds per epoch of a `vision_learner` ResNet-18 on the digits with `ForceCallback` (the mask is
-   applied by `torch.nn.utils.prune`: one multiply per prunable layer and forward) over the same learner without it,
-   `--train-epochs` epochs each after one warm-up epoch; the one-off pruning at `before_fit` is not in the epoch time.
+3. **Training.** Seconds per epoch of a pruned learner with `ForceCallback` over the same learner without it, in one
+   run, `--train-epochs` epochs each after one warm-up epoch (the one-off pruning at `before_fit` is in the warm-up, not
+   in the epoch time), for fastai's `vision_learner` ResNet-18 on the digits at 64 px and for `force_edu.sweep.small_vgg`
+   on 2,560 Fashion-MNIST images (`--train-models`). Since issue 17 the pruned learner trains plain weights: the callback
+   zeroes the pruned gradients after each backward pass and the pruned weights after each step (two passes over the
+   kept-index list per step, no multiply in the forward or backward pass). Each epoch is timed three ways: wall seconds
+   (`ratio`), CPU seconds of the process (`ratio_cpu`: one thread, so other jobs on the machine move it much less), and
+   the seconds spent inside the two zeroing calls (`mask_s`, `mask_fraction` = their median over a dense epoch's: the
+   cost of the mechanism itself, measured directly). `--only-training` runs this part alone:
+
+       OMP_NUM_THREADS=1 python benchmarks/pruning_speed.py --threads 1 --only-training --out benchmarks/results/training_cpu.json
+
 4. **Scaling.** FORCE's time as T doubles (one model), and as the model grows (the FORCE rows).
 5. **Per weight and step.** For `force` and `force_keep` on each model: the overhead over the floor in nanoseconds per
    prunable weight and step, the budget the 1.10 target allows (0.10 x the floor's time per step / m), and the **eager
@@ -105,9 +114,10 @@ floor of one row differs from another's by up to 3% in one run):
   (VGG19). `force_keep`: 1.42 / 1.43, 1.54 / 1.63, 1.31 / 1.38 (the masked copies, 94 MB for ResNet-50). iter_snip and
   grasp_it 1.44-1.45 / 1.37 (two masks: c_t is their constraint), SNIP 1.12 / 0.97, GRASP 2.9 (the double backward's
   graph), SynFlow 3.5 (a float64 copy of every parameter and buffer, and float64 gradients).
-- Training with `ForceCallback`: 1.063 s/epoch ratio in this run; 1.036 and 1.057 in the two runs before (same
-  callback): around the 1.05 target, over it in two runs of three. `torch.nn.utils.prune` multiplies weight_orig by
-  the mask at every forward and back-propagates through it.
+- Training with `ForceCallback` (in `cpu.json`, still with `torch.nn.utils.prune`): 1.063 s/epoch ratio in this run;
+  1.036 and 1.057 in the two runs before. `torch.nn.utils.prune` multiplied weight_orig by the mask at every forward
+  and back-propagated through it. The training overhead with plain weights (issue 17) is in `training_cpu.json`; see
+  the Performance page.
 - Scaling: linear in T (0.275-0.288 s a step for T = 5...80 on ResNet-18 at 32 px, one timing each), and, per step,
   linear in the number of weights m, not in the cost of a pass.
 
@@ -340,8 +350,15 @@ def _mem_result(p):
     return json.loads(line[2:])
 
 # ---------------------------------------------------------------------------------------------------------- training
-def measure_training(arch:str, size:int, bs:int, repeats:int, sparsity:float, steps:int, device:str, valid_pct:float=0.2) -> dict:
-    "Seconds per epoch of a digits learner with `ForceCallback` against the same learner without it, alternately."
+TRAIN_MODELS = ('resnet18', 'small_vgg', 'tiny')
+
+def measure_training(arch:str, size:int, bs:int, repeats:int, sparsity:float, steps:int, device:str, valid_pct:float=0.2,
+                     n_train:int=2560) -> dict:
+    """Seconds per epoch of a learner with `ForceCallback` against the same learner without it, alternately, in this process.
+    `arch`: 'resnet18' (fastai's `vision_learner` ResNet-18 on the digits at `size` px), 'small_vgg'
+    (`force_edu.sweep.small_vgg`, Kaiming-normal, on `n_train` Fashion-MNIST training images at 28 px, as the sweeps train it)
+    or 'tiny' (smoke runs). Both learners are built alike from seed 0 and train with fastai's defaults (Adam, `fit(1, 1e-3)`
+    per epoch); the pruned one zeroes the pruned gradients after each backward pass and the pruned weights after each step."""
     from fastai.callback.core import Callback
     from fastai.callback.progress import ProgressCallback  # noqa: F401 (patches `Learner.no_bar`)
     from fastai.learner import Learner
@@ -349,44 +366,66 @@ def measure_training(arch:str, size:int, bs:int, repeats:int, sparsity:float, st
     from fastai.vision.learner import vision_learner
     from torchvision.models import resnet18
     from force_edu.data import digits_dls
-    try:
-        from force_edu.callback import ForceCallback
-        how = f'ForceCallback({sparsity}, steps={steps})'
-    except ImportError: ForceCallback, how = None, f'Masks.apply (force_edu.callback not importable), force steps={steps}'
+    from force_edu.callback import ForceCallback
+    if arch not in TRAIN_MODELS: raise ValueError(f"unknown training model {arch!r}; known: {', '.join(TRAIN_MODELS)}")
+
+    import force_edu.callback as fcb
+    mask_s = [0.]   # seconds spent in the two zeroing calls of the callback (accumulated, read per epoch)
+    def timed(f):
+        def g(model):
+            _sync(device); t = time.perf_counter(); r = f(model); _sync(device)
+            mask_s[0] += time.perf_counter() - t
+            return r
+        return g
+    orig = fcb.zero_pruned_grads, fcb.zero_pruned_weights
+    fcb.zero_pruned_grads, fcb.zero_pruned_weights = timed(orig[0]), timed(orig[1])
 
     class EpochTimer(Callback):
+        "Wall seconds, CPU seconds of this process (one thread: less sensitive to other jobs), and seconds in the zeroing calls, per epoch."
         order = 100
-        def __init__(self): self.times = []
-        def before_epoch(self): _sync(device); self.t0 = time.perf_counter()
-        def after_epoch(self): _sync(device); self.times.append(time.perf_counter() - self.t0)
+        def __init__(self): self.times, self.cpu, self.mask = [], [], []
+        def before_epoch(self): _sync(device); self.t0, self.c0, self.m0 = time.perf_counter(), time.process_time(), mask_s[0]
+        def after_epoch(self):
+            _sync(device)
+            self.times.append(time.perf_counter() - self.t0); self.cpu.append(time.process_time() - self.c0)
+            self.mask.append(mask_s[0] - self.m0)
 
     def make(cbs):
         torch.manual_seed(0)
-        dls = digits_dls(valid_pct=valid_pct, size=size, bs=bs, device=device)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
+            if arch == 'small_vgg':
+                from force_edu.sweep import small_vgg, sweep_dls
+                dls, _ = sweep_dls('fashion-mnist', bs=bs, n_train=n_train, n_valid=bs)
+                dls.to(device)
+                torch.manual_seed(0)
+                return Learner(dls, small_vgg(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
+            dls = digits_dls(valid_pct=valid_pct, size=size, bs=bs, device=device)
             if arch == 'tiny': return Learner(dls, tiny_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
             return vision_learner(dls, resnet18, pretrained=False, cbs=cbs)
 
     dense_t, masked_t = EpochTimer(), EpochTimer()
     dense = make([dense_t])
-    if ForceCallback is not None:
-        masked = make([ForceCallback(sparsity, steps=steps, progress=False, verbose=False), masked_t])
-    else:
-        from force_edu.methods import prune_at_init, repeat_batches
-        masked = make([masked_t])
-        b = [tuple(t.as_subclass(Tensor) for t in x) for x in repeat_batches(masked.dls.train, steps)]
-        prune_at_init(masked.model, b, sparsity, 'force', steps=steps).apply(masked.model)
+    cb = ForceCallback(sparsity, steps=steps, progress=False, verbose=False)
+    masked = make([cb, masked_t])
 
     def epoch(learn):
         def f():
             with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
         return f
-    side_by_side(epoch(masked), epoch(dense), repeats, device)
-    m, d = masked_t.times[1:], dense_t.times[1:]   # the first epoch of each is the warm-up
-    return dict(method='ForceCallback (training)', model=f"{'resnet18_learner' if arch != 'tiny' else 'tiny'} (digits {size}px)",
-                how=how, epochs=repeats, masked_epoch_s=m, dense_epoch_s=d, masked_s=_median(m), dense_s=_median(d),
-                ratio=_median(m) / _median(d), batches_per_epoch=len(dense.dls.train))
+    try: side_by_side(epoch(masked), epoch(dense), repeats, device)
+    finally: fcb.zero_pruned_grads, fcb.zero_pruned_weights = orig
+    m, d = masked_t.times[1:], dense_t.times[1:]   # the first epoch of each is the warm-up (and the pruning's fit)
+    mc, dc, mm = masked_t.cpu[1:], dense_t.cpu[1:], masked_t.mask[1:]
+    from force_edu.masks import prunable_layers
+    pruned = sum(int(l.weight[~cb.masks[n].to(l.weight.device)].count_nonzero()) for n, l in prunable_layers(masked.model).items())
+    model = {'resnet18': f'resnet18_learner (digits {size}px)', 'small_vgg': 'small_vgg (fashion-mnist 28px)', 'tiny': 'tiny'}[arch]
+    return dict(method='ForceCallback (training)', model=model, arch=arch, how=f'ForceCallback({sparsity}, steps={steps})',
+                epochs=repeats, masked_epoch_s=m, dense_epoch_s=d, masked_s=_median(m), dense_s=_median(d),
+                ratio=_median(m) / _median(d), masked_cpu_s=mc, dense_cpu_s=dc, ratio_cpu=_median(mc) / _median(dc),
+                mask_epoch_s=mm, mask_s=_median(mm), mask_fraction=_median(mm) / _median(d),
+                batches_per_epoch=len(dense.dls.train), batch_size=bs,
+                prunable_weights=cb.masks.total, kept=cb.masks.kept, pruned_nonzero_after=pruned)
 
 # ---------------------------------------------------------------------------------------------------------- scaling
 def measure_scaling(model_name, steps_list, batch_size, bpe, sparsity, bn_mode, device) -> list[dict]:
@@ -449,6 +488,8 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
          mem_steps:int=3, # pruning steps of the memory measurement (the peak does not grow with T)
          mem_repeats:int=3, # fresh processes per memory measurement; the median peak is reported
          train_epochs:int=5, # timed epochs of each learner in the training measurement (after one warm-up epoch each)
+         train_models:str='resnet18,small_vgg', # learners of the training measurement: resnet18 (digits 64 px), small_vgg (Fashion-MNIST), tiny
+         only_training:bool=False, # run the training-overhead measurement alone (no pruning timings, memory or scaling)
          scale_model:str='resnet18', # model of the T-scaling table
          scale_steps:str='5,10,20,40,80', # the T of the scaling table
          no_memory:bool=False, # skip the memory measurements
@@ -463,6 +504,10 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
         threads = threads or 1
         scale_model, scale_steps = 'tiny', '2,4'
     if threads: torch.set_num_threads(threads)
+    if only_training: models, other_models, no_memory, no_scaling = '', None, True, True
+    train_models = ['tiny'] if quick else _split(train_models)
+    for m in train_models:
+        if m not in TRAIN_MODELS: raise SystemExit(f"unknown training model {m!r}; known: {', '.join(TRAIN_MODELS)}")
     models, methods = _split(models), _split(methods)
     others = _split(other_models) if other_models else models
     for m in models + others + ([] if no_scaling else [scale_model]):
@@ -543,15 +588,20 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
                   f"live {ml:.0f} over {dl:.0f} MB ({ml / dl:.2f})", flush=True)
         phase('memory')
 
-    training = None
+    training, trainings = None, []
     if not no_training:
-        training = measure_training('tiny' if quick else 'resnet18', 8 if quick else 64, 64, 1 if quick else train_epochs, sparsity,
-                                    2 if quick else 5, device, valid_pct=0.9 if quick else 0.2)
-        print(f"  training: {training['masked_s']:.2f} s/epoch with the mask, {training['dense_s']:.2f} s without: "
-              f"ratio {training['ratio']:.3f}", flush=True)
-        rows.append(dict(method=training['method'], model=training['model'], device=device, threads=torch.get_num_threads(),
-                         steps=None, batches_per_step=None, floor='the same learner without the callback, s/epoch',
-                         floor_s=training['dense_s'], method_s=training['masked_s'], ratio=training['ratio'], mem_ratio=None))
+        for arch in train_models:
+            bs = 128 if arch == 'small_vgg' else 64
+            t = measure_training(arch, 8 if quick else 64, bs, 1 if quick else train_epochs, sparsity, 2 if quick else 5, device,
+                                 valid_pct=0.9 if quick else 0.2)
+            trainings.append(t)
+            print(f"  training {t['model']}: {t['masked_s']:.2f} s/epoch pruned, {t['dense_s']:.2f} s dense: ratio {t['ratio']:.3f}; "
+                  f"CPU time ratio {t['ratio_cpu']:.3f}; zeroing {t['mask_s']:.3f} s/epoch = {t['mask_fraction']:.2%} of a dense "
+                  f"epoch (pruned weights not 0 at the end: {t['pruned_nonzero_after']})", flush=True)
+            rows.append(dict(method=t['method'], model=t['model'], device=device, threads=torch.get_num_threads(),
+                             steps=None, batches_per_step=None, floor='the same learner without the callback, s/epoch',
+                             floor_s=t['dense_s'], method_s=t['masked_s'], ratio=t['ratio'], mem_ratio=None))
+        training = trainings[0]
         phase('training')
 
     scaling = None
@@ -578,8 +628,8 @@ def main(models:str='vgg19,resnet50,resnet18_learner', # comma-separated models 
                   config=dict(models=models, methods=methods, other_models=others, steps=steps,
                               batches_per_step=batches_per_step, batch_size=batch_size, sparsity=sparsity, repeats=repeats,
                               bn_mode=bn_mode, mem_steps=mem_steps, mem_repeats=mem_repeats, mem_live_env=LIVE_ENV,
-                              train_epochs=train_epochs, quick=quick),
-                  rows=rows, training=training, scaling=dict(steps=scaling, models=by_model), eager_minimum=eager,
+                              train_epochs=train_epochs, train_models=train_models, only_training=only_training, quick=quick),
+                  rows=rows, training=training, trainings=trainings, scaling=dict(steps=scaling, models=by_model), eager_minimum=eager,
                   per_weight=budget)
     print()
     print(format_table(rows))
