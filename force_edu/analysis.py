@@ -56,6 +56,8 @@ METHOD_STYLES = {
     'synflow':   dict(color='tab:pink', ls='-', marker='X'),
 }  # colour, line style and marker of each method in every plot
 
+_EMPTY_MARK = dict(marker='x', color='black', ls='none', mew=2.2, zorder=5)  # an empty layer: a black cross (no method is drawn with black crosses)
+
 def method_style(method:str, # a method name (a key of `METHODS`, or 'dense')
                 ) -> dict:
     "Matplotlib `color`, `ls` and `marker` of `method` (a fixed colour from its name for a method not in `METHOD_STYLES`)."
@@ -94,7 +96,7 @@ def layer_density_plot(masks_by_method:Mapping, # method name -> `Masks`, pruned
                        log:bool=False, # logarithmic (symlog) axis for the fraction too
                        figsize:tuple|None=None, # matplotlib figure size (default: two panels of 5.2 x 3.6 inches)
                       ):
-    "Fraction (left) and number (right, symlog) of the weights kept in each prunable layer, one line per method; empty layers crossed in red (Fig. 7)."
+    "Fraction (left) and number (right, symlog) of the weights kept in each prunable layer, one line per method; empty layers marked by a black cross (Fig. 7)."
     if not masks_by_method: raise ValueError("masks_by_method is empty: pass {method name: Masks}")
     groups = {str(k): _group(v) for k, v in masks_by_method.items()}
     first = next(iter(groups.values()))[0]
@@ -112,7 +114,7 @@ def layer_density_plot(masks_by_method:Mapping, # method name -> `Masks`, pruned
             if len(g) > 1: ax.errorbar(x, mu, yerr=sd, fmt='none', ecolor=st['color'], capsize=2)
             dead = mu == 0
             if dead.any():
-                ax.plot(x[dead], mu[dead], 'x', color='red', ms=10, mew=2.2, zorder=5,
+                ax.plot(x[dead], mu[dead], ms=10, **_EMPTY_MARK,
                         label='completely pruned' if dead_label and ax is a1 else None)
         if np.any(_layer_stats(g, 'kept')[0] == 0): dead_label = False
     a1.set_ylabel('fraction of weights kept'); a2.set_ylabel('weights kept')
@@ -305,7 +307,7 @@ def plot(self:MaskHistory,
                   title:str|None=None, # axes title
                   ax=None, # matplotlib axes to draw on (default: a new figure)
                  ):
-    "Per-layer density against the pruning step; the global density $k_t/m$ dashed, dead layers crossed in red."
+    "Per-layer density against the pruning step; the global density $k_t/m$ dashed, dead layers marked by a black cross."
     import matplotlib.pyplot as plt
     if not self.steps: raise ValueError("no step recorded: pass the history as `on_step` to an iterative method first")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 3.8))
@@ -314,12 +316,12 @@ def plot(self:MaskHistory,
     for i, n in enumerate(df.columns):
         ax.plot(df.index, df[n], color=cmap(i / max(len(df.columns) - 1, 1)), lw=1.2, label=n)
         d = df[n] == 0
-        if d.any(): ax.plot(df.index[d], df[n][d], 'x', color='red', ms=6, mew=1.5)
+        if d.any(): ax.plot(df.index[d], df[n][d], ms=6, **_EMPTY_MARK)
     ax.plot(self.steps, np.array(self.k) / self.m, 'k--', lw=1.5, label='global $k_t/m$')
     pos = df.values[df.values > 0]
     ax.set_yscale('symlog', linthresh=10 ** math.floor(math.log10(pos.min())) if pos.size else 1e-3)
     ax.set_xlabel('pruning step $t$'); ax.set_ylabel('fraction of the layer kept'); ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=9, ncol=2, framealpha=0.85)
     if title: ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -347,11 +349,11 @@ def consistency_plot(masks_by_level:Mapping, # a label (a sparsity, a density or
         col = cmap(i / max(len(groups) - 1, 1))
         ax.plot(x, mu, color=col, marker='o', ms=4, lw=1.2, label=lab)
         if len(g) > 1: ax.errorbar(x, mu, yerr=sd, fmt='none', ecolor=col, capsize=2)
-        if (mu == 0).any(): ax.plot(x[mu == 0], mu[mu == 0], 'x', color='red', ms=8, mew=2)
+        if (mu == 0).any(): ax.plot(x[mu == 0], mu[mu == 0], ms=8, **_EMPTY_MARK)
         if (mu > 0).any(): lo = min(lo, mu[mu > 0].min())
     if log: ax.set_yscale('symlog', linthresh=10 ** math.floor(math.log10(lo)))
     _layer_axis(ax, list(first)); ax.set_ylabel('fraction of the layer kept'); ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9, framealpha=0.85)
     if title: ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -390,8 +392,9 @@ def saliency_vs_steps_plot(results, # a `DataFrame` (or list of records) with sp
                            log:bool=True, # logarithmic y axis (the gains span orders of magnitude at extreme sparsity)
                            ax=None, # matplotlib axes to draw on (default: a new figure)
                           ):
-    "Normalised FORCE objective (or `y='objective'`) against $T$ (log axes), one line per sparsity, mean ± std over repeated rows (seeds); linear mode dashed; points that a log axis cannot show are left out and counted in the legend."
+    "Normalised FORCE objective (or `y='objective'`) against $T$ (log axes), one line per sparsity, mean ± std over repeated rows (seeds); linear mode dashed; points a log axis cannot show are drawn on its edge: ▲ at the top for an infinite ratio ($S(\\theta, c_1) = 0 < S(\\theta, c_T)$), ▼ at the bottom for $S(\\theta, c_T) = 0$, and counted in the legend."
     import pandas as pd, matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
     if y not in ('normalised', 'objective'): raise ValueError(f"y must be 'normalised' or 'objective', got {y!r}")
     df = pd.DataFrame(results)
     missing = {'sparsity', 'steps', y} - set(df.columns)
@@ -399,17 +402,27 @@ def saliency_vs_steps_plot(results, # a `DataFrame` (or list of records) with sp
     if 'mode' not in df: df['mode'] = 'exp'
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 3.8))
     cmap, ss = plt.get_cmap('viridis'), sorted(df.sparsity.unique())
+    edge = blended_transform_factory(ax.transData, ax.transAxes)   # x in data, y in axes units: 0 bottom, 1 top
+    n_edge = [0, 0]                   # lines already on the top and bottom edges: each next one a little further in
     for (s, mode), g in df.groupby(['sparsity', 'mode'], sort=True):
         bad = ~np.isfinite(g[y]) | ((g[y] <= 0) if log else False)
         st = g[~bad].groupby('steps')[y].agg(['mean', 'std']).fillna(0)
         col = cmap(ss.index(s) / max(len(ss) - 1, 1))
-        note = f" ({int(bad.sum())} off the axis)" if bad.any() else ''
+        note = f" ({int(bad.sum())} on the edge)" if bad.any() else ''
         ax.plot(st.index, st['mean'], ls='--' if mode == 'linear' else '-', marker='o', ms=4, color=col,
                 label=f"{100*s:.4g}%" + (f" ({mode})" if df['mode'].nunique() > 1 else '') + note)
         if (st['std'] > 0).any(): ax.fill_between(st.index, st['mean'] - st['std'], st['mean'] + st['std'], color=col, alpha=0.2)
+        top = bad & (g[y] == np.inf)            # S(c_1) = 0 < S(c_T): an infinite ratio
+        for e, (sel, mk) in enumerate(((top, '^'), (bad & ~top, 'v'))):   # the rest: S(c_T) = 0 (a ratio 0 or 0/0)
+            if sel.any():
+                yy = 0.97 - 0.045 * n_edge[e] if e == 0 else 0.03 + 0.045 * n_edge[e]
+                ax.plot(g.steps[sel], np.full(int(sel.sum()), yy), ls='none', marker=mk, ms=7, mfc='none', mew=1.5,
+                        color=col, transform=edge, clip_on=False)
+                n_edge[e] += 1
     if y == 'normalised': ax.axhline(1, color='0.5', lw=0.8)
     ax.set_xscale('log'); ax.set_xlabel('pruning steps $T$')
     if log: ax.set_yscale('log')
+    if any(n_edge): ax.margins(y=0.1 + 0.05 * max(n_edge))   # room for the edge markers above and below the curves
     ax.set_ylabel('$S(\\theta, c_T)\\,/\\,S(\\theta, c_1)$' if y == 'normalised' else '$S(\\theta, c_T)$')
     ax.grid(alpha=0.3); ax.legend(title='sparsity', fontsize=8)
     if title: ax.set_title(title)
