@@ -267,9 +267,11 @@ def _upgrade_state(state:dict) -> tuple[dict, Masks|None]:
 
 def _read_checkpoint(path) -> tuple[dict, Masks|None, bool]:
     "`(state, masks, legacy)` of a checkpoint written by `Learner.save`: the state with plain `weight` keys, the masks saved beside it or held by an old-style pruned state dict (`None`: dense), and whether it was old-style."
-    state = _torch_load(path)
+    try: state = _torch_load(path)
+    except FileNotFoundError: raise
+    except Exception: state = None   # e.g. objects `weights_only` refuses: fastai's own `load` (with its kwargs) decides
     hasopt = isinstance(state, dict) and set(state) == {'model', 'opt'}
-    model_state, legacy = _upgrade_state(state['model'] if hasopt else state)
+    model_state, legacy = _upgrade_state(state['model'] if hasopt else state) if isinstance(state, dict) else (state, None)
     if legacy is not None: state = {'model': model_state, 'opt': state['opt']} if hasopt else model_state
     mp = masks_path(path)
     return state, (Masks.load(mp) if mp.exists() else legacy), legacy is not None
