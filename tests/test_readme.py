@@ -1,6 +1,8 @@
 """The README cannot lie: every code block marked runnable is run, in a fresh Python, in an empty folder.
 
-Convention: a line `<!-- runnable -->` (invisible on GitHub) directly before a ```python fence marks that block.
+Convention: a line `<!-- runnable -->` (invisible on GitHub) directly before a ```python fence marks that block. The
+first plain ``` block after it (before the next runnable block or heading) is the output it prints: the test compares
+it with the block's stdout line by line, `...` in a line standing for any text (a time, a temporary folder).
 """
 import json, os, re, subprocess, sys
 from pathlib import Path
@@ -24,8 +26,35 @@ def runnable_blocks(text:str) -> list[str]:
         i += 1
     return blocks
 
+def expected_outputs(text:str) -> list[str|None]:
+    "For each runnable block, the plain ``` block that follows it (its printed output), or None if there is none."
+    lines, outs, i = text.splitlines(), [], 0
+    while i < len(lines):
+        if lines[i].strip() == MARK:
+            end = next(j for j in range(i + 2, len(lines)) if lines[j].strip() == '```')
+            out, j = None, end + 1
+            while j < len(lines) and lines[j].strip() != MARK and not lines[j].startswith('#'):
+                if lines[j].strip() == '```':
+                    close = next(k for k in range(j + 1, len(lines)) if lines[k].strip() == '```')
+                    out = '\n'.join(lines[j+1:close]) + '\n'
+                    break
+                if lines[j].strip().startswith('```'): break   # another fenced block (bash, python) comes first
+                j += 1
+            outs.append(out)
+            i = end
+        i += 1
+    return outs
+
+def output_matches(expected:str, actual:str) -> bool:
+    "Whether `actual` prints the lines of `expected` (trailing blanks and blank lines ignored; `...` matches any text)."
+    norm = lambda t: [l.rstrip() for l in t.strip('\n').splitlines()]
+    exp, act = norm(expected), norm(actual)
+    pat = lambda l: re.compile('.*'.join(map(re.escape, l.split('...'))) + r'\Z')
+    return len(exp) == len(act) and all(pat(e).match(a) for e, a in zip(exp, act))
+
 README = (ROOT/'README.md').read_text()
 BLOCKS = runnable_blocks(README)
+OUTPUTS = expected_outputs(README)
 
 def test_parser():
     text = f"x\n{MARK}\n```python\nprint(1)\n```\n```python\nnot run\n```\n{MARK}\n``` python\na = 2\nprint(a)\n```\n"
@@ -33,14 +62,31 @@ def test_parser():
     with pytest.raises(ValueError, match='must be followed'): runnable_blocks(f"{MARK}\n\n```python\nx\n```")
     with pytest.raises(ValueError, match='never closed'): runnable_blocks(f"{MARK}\n```python\nx\n")
 
+def test_expected_outputs_parser():
+    text = (f"{MARK}\n```python\nprint(1)\n```\n\nIt prints:\n\n```\n1\n```\n{MARK}\n```python\nx = 1\n```\n## Next\n```\nnot it\n```\n")
+    assert expected_outputs(text) == ['1\n', None]
+    assert output_matches('in ... s\nok', 'in 3.2 s  \nok\n') and not output_matches('in ... s', 'in 3.2 s\nmore')
+    assert not output_matches('accuracy 0.972', 'accuracy 0.838')
+
 def test_readme_has_runnable_blocks():
     assert len(BLOCKS) >= 1, f"no runnable block found in README.md (mark one with a {MARK} line before its ```python fence)"
 
-@pytest.mark.parametrize('src', BLOCKS, ids=[f'block{i}' for i in range(len(BLOCKS))])
-def test_readme_block_runs(src, tmp_path):
-    r = subprocess.run([sys.executable, '-c', src], cwd=tmp_path, capture_output=True, text=True, timeout=1800,
-                       stdin=subprocess.DEVNULL)
+def test_every_runnable_block_states_its_output():
+    assert all(o is not None for o in OUTPUTS), "a runnable README block has no ``` block with the output it prints after it"
+
+@pytest.mark.parametrize('src, expected', list(zip(BLOCKS, OUTPUTS)), ids=[f'block{i}' for i in range(len(BLOCKS))])
+def test_readme_block_runs(src, expected, tmp_path):
+    "Each runnable block runs as a reader runs it (a fresh Python, the environment's thread settings) and prints what the README says."
+    r = subprocess.run([sys.executable, '-c', src], cwd=tmp_path, capture_output=True, timeout=1800, stdin=subprocess.DEVNULL)
+    r.stdout, r.stderr = r.stdout.decode(), r.stderr.decode()   # bytes first: text mode would turn a bar's \r into \n
     assert r.returncode == 0, f"README block failed (exit {r.returncode}):\n{src}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    if expected is None: return
+    # a progress bar redraws its line with \r: what is left after the last \r is what a terminal shows at the end
+    shown = '\n'.join(l.rsplit('\r', 1)[-1] for l in r.stdout.split('\n'))
+    assert output_matches(expected, shown), f"README block printed:\n{r.stdout!r}\n--- the README says:\n{expected}"
+    if shown != r.stdout:   # the numbers are right, but a bar was drawn inside learn.no_bar()
+        pytest.xfail("the pruning bar draws inside learn.no_bar() (nbs/04_callback.ipynb; issue 19 item 4): "
+                     f"stdout holds {r.stdout.count(chr(13))} carriage returns")
 
 def _code_lines(src): return [l.rstrip() for l in src.splitlines() if l.strip()]
 
