@@ -162,12 +162,17 @@ class PruneAtInitCallback(KeepPrunedCallback):
                 f"({r['kept']:,} of {r['total']:,} prunable weights kept), {len(dead)} dead layer{'s' * (len(dead) != 1)}"
                 f"{' (' + ', '.join(dead[:3]) + ('...' if len(dead) > 3 else '') + ')' if dead else ''}, in {r['seconds']:.1f} s")
 
+    def _bars_on(self) -> bool:
+        "Whether the learner draws bars now: `learn.no_bar()` (and `progress=False`) silence the pruning bar too."
+        from fastai.callback.progress import ProgressCallback
+        return any(isinstance(cb, ProgressCallback) for cb in self.learn.cbs)
+
     def _prune(self, model, dl):
         lf = ifnone(self.loss_func, self.learn.loss_func)
         def loss_func(out, y): return lf(out, y).as_subclass(Tensor)   # fastai's losses return a TensorBase
         return prune_at_init(model, repeat_batches(dl), self.sparsity, self.method, steps=self.steps, mode=self.mode,
                              batches_per_step=self.batches_per_step, loss_func=loss_func, layer_types=self.layer_types,
-                             bn_mode=self.bn_mode, seed=self.seed, progress=self.progress, on_step=self.on_step)
+                             bn_mode=self.bn_mode, seed=self.seed, progress=self.progress and self._bars_on(), on_step=self.on_step)
 
     def _compute(self, model, dl):
         if not _is_distributed(): return self._prune(model, dl)

@@ -84,9 +84,7 @@ def test_readme_block_runs(src, expected, tmp_path):
     # a progress bar redraws its line with \r: what is left after the last \r is what a terminal shows at the end
     shown = '\n'.join(l.rsplit('\r', 1)[-1] for l in r.stdout.split('\n'))
     assert output_matches(expected, shown), f"README block printed:\n{r.stdout!r}\n--- the README says:\n{expected}"
-    if shown != r.stdout:   # the numbers are right, but a bar was drawn inside learn.no_bar()
-        pytest.xfail("the pruning bar draws inside learn.no_bar() (nbs/04_callback.ipynb; issue 19 item 4): "
-                     f"stdout holds {r.stdout.count(chr(13))} carriage returns")
+    assert shown == r.stdout, f"a bar was drawn inside learn.no_bar(): stdout holds {r.stdout.count(chr(13))} carriage returns"
 
 def _code_lines(src): return [l.rstrip() for l in src.splitlines() if l.strip()]
 
