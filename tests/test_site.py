@@ -190,25 +190,11 @@ def broken_links():
                 if anchor not in cache[dest]: out.append((page, link, f'no heading with this anchor in {_rel(dest)}'))
     return out
 
-# Broken links known when this test was written, on pages whose owners were rewriting them: (page, link).
-# `test_links_resolve` ignores exactly these; `test_known_broken_links` is expected to fail until they are fixed,
-# and then reports an XPASS: remove them from this list.
-KNOWN_BROKEN = {
-    ('nbs/04_callback.ipynb', '#the-learner-side-pruning_masks-remove_pruning-load'):
-        "the heading is now 'The learner side: pruning_masks, remove_pruning, save, load' (anchor ...-remove_pruning-save-load)",
-    ('nbs/04_callback.ipynb', '#saving-loading-exporting-predicting'): "no heading of 04_callback has this anchor",
-}
-
 def _fmt(bad): return '\n'.join(f'  {_rel(p)}: {l} ({why})' for p, l, why in bad)
 
 def test_links_resolve():
-    bad = [b for b in broken_links() if (_rel(b[0]), b[1]) not in KNOWN_BROKEN]
+    bad = broken_links()
     assert not bad, 'broken links:\n' + _fmt(bad)
-
-@pytest.mark.xfail(reason='; '.join(f'{p}: {l}: {why}' for (p, l), why in KNOWN_BROKEN.items()), strict=False)
-def test_known_broken_links():
-    bad = [b for b in broken_links() if (_rel(b[0]), b[1]) in KNOWN_BROKEN]
-    assert not bad, 'still broken:\n' + _fmt(bad)
 
 def test_link_checker_finds_broken_links(tmp_path):
     (tmp_path / '01_a.ipynb').write_text(json.dumps({'cells': [{'cell_type': 'markdown', 'source': ['## Fig. 7: the layers\n', '### Kept {#kept}']}]}))
