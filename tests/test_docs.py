@@ -6,6 +6,7 @@
 - no saved cell output contains a traceback;
 - internal links between notebooks (and their `#anchors`) resolve.
 """
+import os
 import ast, json, re, importlib, warnings
 from pathlib import Path
 
@@ -122,17 +123,23 @@ def test_internal_links_resolve():
     assert not bad, f"broken internal links: {bad}"
 
 
-def test_proc_nbs_runs_clean(tmp_path, monkeypatch):
-    "nbdev's pre-Quarto processing (run by `nbdev-proc-nbs`; that command also tries to install Quarto, so call the step itself)."
+def _proc_nbs_warnings():
+    "Run nbdev's docs processing and return the messages of the warnings it raised."
     from nbdev.serve import proc_nbs
-    monkeypatch.chdir(ROOT)
+    os.chdir(ROOT)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         proc_nbs(path=str(NBS), n_workers=0, force=True)
+    return [str(w.message) for w in caught]
+
+def test_proc_nbs_runs_clean(tmp_path, monkeypatch):
+    "nbdev's pre-Quarto processing (run by `nbdev-proc-nbs`; that command also tries to install Quarto, so call the step itself)."
+    # in a forked process: the processing executes notebook cells (re-defining patched methods), which must not leak into later tests
+    import multiprocessing as mp
+    with mp.get_context('fork').Pool(1) as pool: messages = pool.apply(_proc_nbs_warnings)
     # nbdev runs every cell that mixes imports with other code while it builds the docs (to resolve `show_doc`):
     # a training cell written that way would train again on every docs build. Imports go in import-only cells.
-    mixed = [str(w.message).split('---')[1].strip().splitlines()[:3] for w in caught
-             if 'cells containing imports and other code' in str(w.message)]
+    mixed = [m.split('---')[1].strip().splitlines()[:3] for m in messages if 'cells containing imports and other code' in m]
     assert not mixed, f"cells mixing imports with other code (split the imports into a cell of their own): {mixed}"
     proc = ROOT / '_proc'
     for nb in _notebooks():
