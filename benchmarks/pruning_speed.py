@@ -18,7 +18,7 @@ of each side, and is the median of the method's times over the median of the flo
    gradient computed, as a training step does. One-shot `snip` and `grasp` are timed against B passes (GRASP's
    Hessian-gradient product costs a second, double backward: expect 2-3x). Data-free `synflow` is timed against its own
    floor: T forward + backward passes of one all-ones input through a float64 copy of the model. `force_keep` is FORCE
-   with the masked weights theta * c kept for the backward pass (`force_edu.sensitivity._RECOMPUTE = False`) instead of
+   with the masked weights theta * c kept for the backward pass (`force_edu.speed._RECOMPUTE = False`) instead of
    recomputed there, the default: the other side of a time/memory trade-off.
 2. **Memory.** Peak memory growth of `prune_at_init` over that of one dense forward + backward, each in a fresh
    subprocess (the median of `--mem-repeats` processes), over a baseline taken after the model and the batches are built
@@ -63,7 +63,7 @@ Where the time goes (cProfile and torch.profiler, FORCE, ResNet-50 at CIFAR size
   (ratio 1.51 at T=5): the masked copy `theta * c` with a boolean c (PyTorch converts bool to float 5x slower than
   bytes: 0.09 s), `(theta * grad).abs_()` into new tensors (0.04 s), `torch.cat` of the saliencies into a 94 MB vector
   (0.04 s: a fresh mapping, page-faulted in), the top-k over it (0.1 s), a `div_` by the batch count even when it is 1.
-- Now (`force_edu.masks.topk_mask`, `force_edu.sensitivity.MaskedLoss.grads`, `force_edu.methods._progressive`):
+- Now (`force_edu.speed.topk_mask`, `force_edu.speed.FastMaskedLoss.grads`, `force_edu.methods._progressive`):
   the saliency |theta * grad| is computed in place in the gradients by the top-k's own pass (`topk_mask(grads, k,
   scale=theta)`), which reads the layers where they are, 64K scores at a time (no concatenation); the masks go into one
   reused boolean buffer; `theta * c` reads c as bytes, piece by piece. A step now costs ~0.18 s over a dense pass:
@@ -141,7 +141,7 @@ from fastcore.script import call_parse
 HERE = Path(__file__).resolve().parent
 METHOD_NAMES = ('force', 'iter_snip', 'grasp_it', 'synflow', 'snip', 'grasp', 'force_keep')
 # `force_keep`: FORCE with the masked weights theta * c kept for the backward pass instead of recomputed there
-# (`force_edu.sensitivity._RECOMPUTE = False`): the other side of the time/memory trade-off, measured, not defaulted
+# (`force_edu.speed._RECOMPUTE = False`): the other side of the time/memory trade-off, measured, not defaulted
 LIVE_ENV = {'MALLOC_MMAP_THRESHOLD_': str(2**20)}   # glibc: every allocation over 1 MB is its own mapping, unmapped on free
 
 def _base(method:str) -> str: return 'force' if method == 'force_keep' else method
@@ -220,16 +220,16 @@ def synflow_floor(model64, input_shape, steps, device):
 
 def _prune(model, batches, method, steps, bpe, sparsity, bn_mode, input_shape):
     from force_edu.methods import prune_at_init, get_method
-    from force_edu import sensitivity
+    from force_edu import speed as fast
     keep, method = method == 'force_keep', _base(method)
-    meth, old = get_method(method), sensitivity._RECOMPUTE
-    sensitivity._RECOMPUTE = not keep
+    meth, old = get_method(method), fast._RECOMPUTE
+    fast._RECOMPUTE = not keep
     try:
         if not meth.uses_data:
             return prune_at_init(model, None, sparsity, method, steps=steps, bn_mode=bn_mode, input_shape=input_shape)
         if not meth.iterative: steps = 1
         return prune_at_init(model, batches, sparsity, method, steps=steps, batches_per_step=bpe, bn_mode=bn_mode)
-    finally: sensitivity._RECOMPUTE = old
+    finally: fast._RECOMPUTE = old
 
 def floor_batches(method, batches, steps, bpe):
     "The batches `method` consumes: T x B for the iterative methods, B for the one-shot ones."

@@ -1,4 +1,4 @@
-"""The global top-k of `force_edu.masks.topk_mask` against the implementation it replaced, on ResNet-50's 23.5M scores.
+"""The global top-k of `force_edu.speed.topk_mask` (what the library calls) against the implementation it replaced, on ResNet-50's 23.5M scores.
 
     python benchmarks/topk_speed.py --threads 1 --out benchmarks/results/topk_cpu.json
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def topk_before(scores:Tensor, k:int) -> Tensor:
-    "The former `force_edu.masks.topk_mask`, verbatim."
+    "The former `topk_mask` (then in `force_edu.masks`), verbatim."
     scores = scores.detach().reshape(-1)
     m = scores.numel()
     if not 0 <= k <= m: raise ValueError(f"cannot keep k={k} of {m} scores")
@@ -56,7 +56,7 @@ def main(m:int=23_520_842, # number of scores (about ResNet-50's 23.5M prunable 
          out:str='benchmarks/results/topk_cpu.json', # where the JSON goes ('' for none)
         ):
     "Time the current `topk_mask` against the former one."
-    from force_edu.masks import topk_mask
+    from force_edu.speed import topk_mask
     from pruning_speed import side_by_side, machine_info
     torch.set_num_threads(threads)
     rows = []

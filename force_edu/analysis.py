@@ -366,7 +366,7 @@ def saliency_vs_steps(model:nn.Module, # the network at initialisation (not modi
                       mode:str='exp', # the schedule: 'exp' (Fig. 4a, 5a) or 'linear' (Fig. 5b)
                       eval_batches:Iterable|None=None, # batches the objective is evaluated on (default: the first batch of `batches`)
                       method:str='force', # the progressive method measured
-                      loss_func:Callable=F.cross_entropy, # the loss of the saliency and of the objective
+                      loss_func:Callable=F.cross_entropy, # the loss of the saliency and of the objective (the paper's $L$, as in its figures)
                       bn_mode:str=_BN_DEFAULT, # BatchNorm mode while pruning and evaluating (default: `prune_at_init`'s)
                       **kwargs, # passed to `prune_at_init` (batches_per_step, layer_types, ...)
                      ):
@@ -558,7 +558,7 @@ def pruning_metrics(model_fn:Callable, # `model_fn(seed)` -> a new network at in
                     eval_batches:Iterable|None=None, # batches both quantities are measured on (default: the first batch of `batches`)
                     steps:int|None=None, # pruning steps $T$ of the iterative methods, batch groups of the -MB ones (`None`: each method's default; one-shot SNIP and GRASP always use one batch)
                     dense:bool=True, # add one row per seed for the dense network (`method='dense'`, sparsity 0)
-                    loss_func:Callable=F.cross_entropy, # the loss of the saliencies and of both quantities
+                    loss_func:Callable=F.cross_entropy, # the loss of the saliencies and of both quantities (the paper's $L$, as in its figures; `prune_at_init`'s own default differs per method)
                     bn_mode:str=_BN_DEFAULT, # BatchNorm mode while pruning and measuring (default: `prune_at_init`'s)
                     masks:dict|None=None, # if a dict: filled with {(method, sparsity, seed): `Masks`}
                     **kwargs, # passed to `prune_at_init` (mode, batches_per_step, layer_types, ...)

@@ -16,6 +16,7 @@ warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', c
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import store_attr, patch, ifnone
 from fastcore.meta import delegates
@@ -24,17 +25,18 @@ from fastcore.script import call_parse, CliError
 from fastai.callback.core import Callback
 from fastai.learner import Learner, load_model, save_model
 from fastai.torch_core import get_model, rank_distrib
+from fastai.losses import BaseLoss
 
 from .masks import *
-from .sensitivity import check_bn_mode
+from .sensitivity import check_bn_mode, raw_logit_nll
 from .methods import *
 from .methods import SCHEDULE_MODES
 
 _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   # one default for the whole package
 
 # %% auto #0
-__all__ = ['check_prune_args', 'broadcast_masks', 'KeepPrunedCallback', 'PruneAtInitCallback', 'ForceCallback', 'masks_path',
-           'demo_run', 'run_demo', 'demo']
+__all__ = ['SHORT_EPOCHS', 'check_prune_args', 'broadcast_masks', 'default_saliency_loss', 'KeepPrunedCallback',
+           'PruneAtInitCallback', 'ForceCallback', 'masks_path', 'demo_run', 'run_demo', 'demo']
 
 # %% ../nbs/04_callback.ipynb #49899b15
 def check_prune_args(sparsity:float, # fraction of prunable weights to remove, in [0, 1)
@@ -83,6 +85,23 @@ def broadcast_masks(masks:Masks|None, # the mask on rank `src` (ignored elsewher
     dist.broadcast(buf, src, group=group)
     return Masks.from_flat(buf.bool(), shapes)
 
+# %% ../nbs/04_callback.ipynb #dd601b9b
+def _plain_cross_entropy(f) -> bool:
+    "Whether `f` is cross-entropy on class indices with PyTorch's defaults (no weights, no smoothing, mean)."
+    if f is F.cross_entropy: return True
+    return (type(f) is nn.CrossEntropyLoss and f.weight is None and f.ignore_index == -100
+            and f.label_smoothing == 0 and f.reduction == 'mean')
+
+def default_saliency_loss(train_loss:Callable, # the learner's loss, `learn.loss_func`
+                          method:str='force', # the pruning method, a key of `METHODS`
+                         ) -> Callable:
+    "The saliency loss of the pruning callbacks when `loss_func=None`: NLL of the raw logits for a method whose `default_loss` it is and a `train_loss` that is plain cross-entropy, else `train_loss`."
+    f = getattr(train_loss, 'func', train_loss)   # fastai's `BaseLoss` wraps the PyTorch loss as `.func`
+    if get_method(method).default_loss != 'raw_nll' or not _plain_cross_entropy(f): return train_loss
+    if isinstance(train_loss, BaseLoss):   # flatten the output and target as the learner's loss does
+        return BaseLoss(nn.NLLLoss, axis=train_loss.axis, flatten=train_loss.flatten, floatify=train_loss.floatify, is_2d=train_loss.is_2d)
+    return raw_logit_nll
+
 # %% ../nbs/04_callback.ipynb #7234d920
 def _dl_desc(dl):
     parts = [f"{k}={getattr(dl, a)!r}" for k, a in (('items', 'n'), ('bs', 'bs'), ('drop_last', 'drop_last')) if hasattr(dl, a)]
@@ -98,6 +117,8 @@ class KeepPrunedCallback(Callback):
         "Zero every pruned weight: whatever the optimizer and its state did, a pruned weight is 0 after each step."
         zero_pruned_weights(get_model(self.learn.model))
 
+SHORT_EPOCHS = 3   # fewer epochs than this after pruning to >= 95% sparsity: the callback says what to expect
+
 class PruneAtInitCallback(KeepPrunedCallback):
     "Prune `learn.model` at the first `before_fit` with `prune_at_init`; every later fit keeps the same mask."
     order = -5   # after TrainEvalCallback (-10) moved the model; before MixedPrecision (10), DistributedTrainer (11), LRFinder (60)
@@ -108,7 +129,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
                  mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
                  batches_per_step:int=1, # training batches averaged at each step
                  bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' (batch statistics) or 'eval'; `prune_at_init`'s default
-                 loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: `learn.loss_func`
+                 loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: `default_saliency_loss(learn.loss_func, method)`
                  seed:int|None=None, # seed of the random method
                  layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
                  progress:bool=True, # show a `fastprogress` bar over the pruning steps
@@ -118,6 +139,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
         check_prune_args(sparsity, method, steps, mode, batches_per_step, bn_mode)
         store_attr()
         self.masks, self.report = None, None
+        self.epochs_trained, self._noted = 0, False   # epochs trained since this callback pruned (lr_find's fits not counted)
 
     def before_fit(self):
         "Compute and apply the mask at the first fit; re-apply the same mask at later fits."
@@ -151,6 +173,27 @@ class PruneAtInitCallback(KeepPrunedCallback):
                            dead_layers=len(masks.dead_layers), seconds=secs)
         if self.verbose and not rank_distrib(): print(self.summary())
 
+    def _in_lr_find(self) -> bool: return any(type(cb).__name__ == 'LRFinder' for cb in self.learn.cbs)
+    def after_train(self):
+        "Count the epochs trained since pruning (not those of `lr_find`; `validate` and `get_preds` train none)."
+        if self.report is not None and not self._in_lr_find(): self.epochs_trained, self._trained = self.epochs_trained + 1, True
+    def after_fit(self):
+        "After the first real fit since pruning: a note when it trained fewer than `SHORT_EPOCHS` epochs at 95% sparsity or more."
+        trained, self._trained = getattr(self, '_trained', False), False
+        if not trained or self._noted: return   # `validate` and `get_preds` run `after_fit` too
+        if getattr(self.learn.opt, 'frozen_idx', 0): return   # the frozen first phase of `fine_tune`: wait for the unfrozen fit
+        self._noted = True
+        note = self.short_training_note()
+        if note and self.verbose and not rank_distrib(): print(note)
+
+    def short_training_note(self) -> str|None:
+        "What to expect after training a very sparse network for few epochs (`None` when the training was not short)."
+        if self.report is None or self.report['sparsity'] < 0.95 or self.epochs_trained >= SHORT_EPOCHS: return None
+        n = self.epochs_trained
+        return (f"{type(self).__name__}: trained {n} epoch{'s' * (n != 1)} after pruning to sparsity {self.report['sparsity']:.2%}. "
+                f"A network this sparse often stays near chance for its first epochs: an accuracy near chance now more likely "
+                f"means 'train longer' (a few epochs more) than 'pruned wrong'.")
+
     def summary(self) -> str:
         "The one line printed after pruning."
         if self.report is None: return f"{type(self).__name__}: no mask computed yet"
@@ -168,7 +211,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
         return any(isinstance(cb, ProgressCallback) for cb in self.learn.cbs)
 
     def _prune(self, model, dl):
-        lf = ifnone(self.loss_func, self.learn.loss_func)
+        lf = ifnone(self.loss_func, default_saliency_loss(self.learn.loss_func, self.method))
         def loss_func(out, y): return lf(out, y).as_subclass(Tensor)   # fastai's losses return a TensorBase
         return prune_at_init(model, repeat_batches(dl), self.sparsity, self.method, steps=self.steps, mode=self.mode,
                              batches_per_step=self.batches_per_step, loss_func=loss_func, layer_types=self.layer_types,
@@ -195,7 +238,7 @@ class ForceCallback(PruneAtInitCallback):
                  batches_per_step:int=1, # training batches averaged at each step
                  method:str='force', # FORCE; any other key of `METHODS` (e.g. 'iter_snip') is pruned with these defaults instead
                  bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' or 'eval'; `prune_at_init`'s default
-                 loss_func:Callable|None=None, # saliency loss; `None`: `learn.loss_func`
+                 loss_func:Callable|None=None, # saliency loss; `None`: `default_saliency_loss(learn.loss_func, method)`
                  seed:int|None=None, # seed of the random method (FORCE itself is deterministic given the batches)
                  layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
                  progress:bool=True, # show a `fastprogress` bar over the pruning steps

@@ -56,161 +56,38 @@ def n_kept(m:int, # number of prunable weights
     return k
 
 # %% ../nbs/00_masks.ipynb #dc465e3a
-_TOPK_SAMPLE = 2**16   # sample size of `_topk_bracketed`
-_TOPK_MIN = 2**20      # from this many scores on, `topk_mask` brackets the k-th largest instead of a plain `kthvalue`
-_CHUNK = 2**16         # on the CPU, per-weight work runs 64K entries at a time: each piece is read from memory once, then stays in cache
-
-def _nonzero(mask:Tensor) -> Tensor:
-    "`mask.nonzero()` of a flat boolean mask, in index order; when sparse, zero 8-byte words are skipped 8 entries at a time."
-    n8 = mask.numel() // 8 * 8
-    if n8 == 0 or mask.storage_offset() % 8 or torch.count_nonzero(mask) * 64 > n8: return mask.nonzero().squeeze(1)
-    words = mask[:n8].view(torch.int64)
-    w = (words != 0).nonzero().squeeze(1)
-    ij = mask[:n8].view(-1, 8)[w].nonzero()
-    tail = mask[n8:].nonzero().squeeze(1) + n8
-    return torch.cat([w[ij[:, 0]] * 8 + ij[:, 1], tail])
-
-def _as_parts(scores) -> list[Tensor]:
-    "`scores` (one tensor, or one per layer) as a list of flat detached tensors (views where possible)."
-    parts = [scores] if isinstance(scores, Tensor) else list(scores)
-    if not parts: raise ValueError("no scores were given: pass a tensor or a list of tensors (one per layer)")
-    return [p.detach().reshape(-1) for p in parts]
-
-def _pieces(parts:list[Tensor], *aligned:list[Tensor]|None):
-    "`(flat offset, scores, *aligned pieces)` piece by piece (`None` for an `aligned` that is `None`): `_CHUNK` long on the CPU, whole tensors on other devices."
-    off = 0
-    for i, p in enumerate(parts):
-        n = p.numel()
-        step = _CHUNK if p.device.type == 'cpu' else max(n, 1)
-        for s in range(0, n, step): yield (off + s, p[s:s + step], *(None if a is None else a[i][s:s + step] for a in aligned))
-        off += n
-
-def _fill_ties(parts, allowed, keep:Tensor, value:float, n:int) -> bool:
-    "Also keep the first `n` (allowed) scores equal to `value`, in index order; `False` if there are fewer."
-    for off, x, a in _pieces(parts, allowed):
-        if n <= 0: break
-        eq = x == value
-        if a is not None: eq &= a
-        i = eq.nonzero().squeeze(1)[:n]
-        keep[off + i] = True
-        n -= i.numel()
-    return n <= 0
-
-def _topk_bracketed(scores, # flat float32/float64 scores (one tensor, or one per layer, all of one dtype and device)
-                    k:int, # 1 <= k < m
-                    n_sample:int=_TOPK_SAMPLE, # sample size
-                    allowed=None, # boolean mask(s) like `scores`: only these may be kept (`None`: all)
-                    out:Tensor|None=None, # a flat boolean tensor of m entries to write the mask into (`None`: a new one)
-                    scale=None, # tensors like `scores`: the scores are |scores * scale|, written into `scores` in this pass
-                   ) -> Tensor|None:
-    "`topk_mask(scores, k, allowed)` with the k-th largest bracketed by two order statistics of a fixed-seed sample; `None` if the bracket misses."
-    parts = _as_parts(scores)
-    allowed = None if allowed is None else _as_parts(allowed)
-    scale = None if scale is None else _as_parts(scale)
-    sizes = [p.numel() for p in parts]
-    m, dev = sum(sizes), parts[0].device
-    # a fixed-seed sample of the scores, read layer by layer (no concatenated copy)
-    idx = torch.randint(m, (n_sample,), generator=torch.Generator().manual_seed(0)).sort().values
-    cuts = torch.searchsorted(idx, torch.tensor(sizes).cumsum(0)).tolist()
-    vals, start, off = [], 0, 0
-    for i, (p, end) in enumerate(zip(parts, cuts)):
-        j = (idx[start:end] - off).to(dev)
-        v = p[j] if scale is None else (p[j] * scale[i][j]).abs_()
-        vals.append(v if allowed is None else v.masked_fill(~allowed[i][j], -math.inf))
-        start, off = end, off + sizes[i]
-    xs = torch.cat(vals).sort(descending=True).values
-    q = k / m
-    j, d = q * n_sample, 6 * math.sqrt(n_sample * q * (1 - q)) + 2   # expected rank of the k-th largest in the sample, slack
-    a, b = math.floor(j - d), math.ceil(j + d)
-    hi = xs[a].item() if a >= 0 else math.inf          # probably >= the k-th largest
-    lo = xs[b].item() if b < n_sample else -math.inf   # probably <= it
-    # one pass, piece by piece: keep s >= hi, count it, collect lo < s < hi with their flat indices; sum() finds NaN
-    keep = torch.empty(m, dtype=torch.bool, device=dev) if out is None else out
-    counts, sums, ins_i, ins_v = [], [], [], []
-    for off, x, a, sc in _pieces(parts, allowed, scale):
-        if sc is not None: x = x.mul_(sc).abs_()   # while this piece is in cache
-        kc = torch.ge(x, hi, out=keep[off:off + x.numel()])
-        ins = x > lo
-        if a is not None: kc &= a; ins &= a
-        ins ^= kc
-        counts.append(torch.count_nonzero(kc)); sums.append(x.sum())
-        i = ins.nonzero().squeeze(1)
-        if i.numel(): ins_i.append(i + off); ins_v.append(x[i])
-    if torch.isnan(torch.stack(sums)).any() and any(torch.isnan(p.max()) for p in parts):   # a sum is also NaN for inf - inf
-        raise ValueError("saliency scores contain NaN; check the loss and the data")
-    n_hi = int(torch.stack(counts).sum())
-    if n_hi >= k:   # the k-th largest is hi itself, or the bracket missed above: keep s > hi, then ties at hi
-        n_gt = 0
-        for off, x, a in _pieces(parts, allowed):
-            kc = torch.gt(x, hi, out=keep[off:off + x.numel()])
-            if a is not None: kc &= a
-            n_gt += int(torch.count_nonzero(kc))
-        return keep if n_gt < k and _fill_ties(parts, allowed, keep, hi, k - n_gt) else None
-    if hi == lo: return None
-    inside = torch.cat(ins_i) if ins_i else torch.zeros(0, dtype=torch.long, device=dev)   # in index order
-    vals = torch.cat(ins_v) if ins_v else parts[0][:0]
-    r = k - n_hi   # the k-th largest is the r-th largest inside, if there are r of them
-    if vals.numel() >= r:
-        kth = vals.kthvalue(vals.numel() - r + 1).values
-        above = vals > kth
-        keep[inside[above]] = True
-        keep[inside[vals == kth][:r - int(torch.count_nonzero(above))]] = True
-        return keep
-    keep[inside] = True   # every score inside is kept; the k-th largest is lo itself, or the bracket missed below
-    return keep if _fill_ties(parts, allowed, keep, lo, r - vals.numel()) else None
-
 def topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor (any shape), or one per layer, read as their concatenation
               k:int, # number of weights to keep
               allowed:Tensor|list[Tensor]|None=None, # boolean mask(s) shaped like `scores`: only these may be kept, as if every other score were -inf
               out:Tensor|None=None, # a flat boolean tensor of m entries to write the mask into, e.g. reused across steps (`None`: a new one)
-              scale:Tensor|list[Tensor]|None=None, # tensors like `scores`: rank |scores * scale| instead, computed in place in `scores` within the top-k's own pass (FORCE's |theta * grad|)
+              scale:Tensor|list[Tensor]|None=None, # tensors like `scores`: rank |scores * scale| instead (FORCE's |theta * grad|)
              ) -> Tensor:
     "Flat boolean mask of the `k` largest `scores`; ties are broken towards the lowest index, so exactly `k` are kept."
-    parts = _as_parts(scores)
-    m = sum(p.numel() for p in parts)
+    parts = [scores] if isinstance(scores, Tensor) else list(scores)
+    if not parts: raise ValueError("no scores were given: pass a tensor or a list of tensors (one per layer)")
+    s = torch.cat([p.detach().reshape(-1) for p in parts])
+    m, dev = s.numel(), s.device
     if not 0 <= k <= m: raise ValueError(f"cannot keep k={k} of {m} scores")
-    dev = parts[0].device
     if allowed is not None:
-        allowed, sizes = _as_parts(allowed), [p.numel() for p in parts]
-        if sum(a.numel() for a in allowed) != m or any(a.dtype != torch.bool for a in allowed):
-            raise ValueError(f"`allowed` must be boolean, with one entry per score ({m}); got {sum(a.numel() for a in allowed)} "
-                             f"entries of dtype {allowed[0].dtype}")
-        if [a.numel() for a in allowed] != sizes: allowed = list(torch.cat(allowed).split(sizes))   # split like `scores`
+        a = [allowed] if isinstance(allowed, Tensor) else list(allowed)
+        if sum(t.numel() for t in a) != m or any(t.dtype != torch.bool for t in a):
+            raise ValueError(f"`allowed` must be boolean, with one entry per score ({m}); got {sum(t.numel() for t in a)} "
+                             f"entries of dtype {a[0].dtype}")
+        allowed = torch.cat([t.reshape(-1) for t in a]).to(dev)
     if scale is not None:
-        scale = _as_parts(scale)
-        if [t.numel() for t in scale] != [p.numel() for p in parts]: raise ValueError("`scale` must have the shapes of `scores`")
+        sc = [scale] if isinstance(scale, Tensor) else list(scale)
+        if [t.numel() for t in sc] != [p.numel() for p in parts]: raise ValueError("`scale` must have the shapes of `scores`")
+        s = (s * torch.cat([t.detach().reshape(-1) for t in sc])).abs()
     if out is not None and (out.dtype != torch.bool or out.numel() != m or out.device != dev or not out.is_contiguous()):
         raise ValueError(f"`out` must be a contiguous boolean tensor of {m} entries on {dev}")
-    if out is not None: out = out.view(-1)
-    if k == m: return torch.ones(m, dtype=torch.bool, device=dev) if out is None else out.fill_(True)
-    if k == 0: return torch.zeros(m, dtype=torch.bool, device=dev) if out is None else out.fill_(False)
-    if (m >= _TOPK_MIN and len({(p.dtype, p.device) for p in parts}) == 1 and parts[0].dtype in (torch.float32, torch.float64)):
-        keep = _topk_bracketed(parts, k, allowed=allowed, out=out, scale=scale)   # raises on NaN
-        if keep is not None: return keep
-        scale = None   # the pass wrote |scores * scale| into `scores`
-    if scale is not None: parts = [p.mul_(t).abs_() for p, t in zip(parts, scale)]
-    s = parts[0] if len(parts) == 1 else torch.cat(parts)   # float64 scores stay float64
-    if s.dtype in (torch.float16, torch.bfloat16): s = s.float()
-    elif not s.is_floating_point() and (s.dtype == torch.bool or allowed is not None): s = s.double()   # exact for integers < 2**53
-    if torch.isnan(s.max()): raise ValueError("saliency scores contain NaN; check the loss and the data")  # max propagates NaN
-    if allowed is not None: s = s.masked_fill(~(allowed[0] if len(allowed) == 1 else torch.cat(allowed)), -math.inf)
-    kth = s.kthvalue(m - k + 1).values  # the k-th largest value
-    keep = s >= kth
-    extra = int(torch.count_nonzero(keep)) - k   # > 0 only when scores tie with the k-th largest
-    if extra > 0:
-        ties = (s == kth).nonzero().squeeze(1)  # nonzero() is in index order
-        keep[ties[ties.numel() - extra:]] = False   # keep the lowest-index ties
-    return keep if out is None else out.copy_(keep)
-
-def _times_mask(t:Tensor, # a weight tensor
-                c:Tensor, # its boolean mask
-               ) -> Tensor:
-    "`t * c` as a new tensor (not tracked by autograd on the CPU); on the CPU, piece by piece, with `c` read as bytes (PyTorch's bool-to-float conversion is 5x slower)."
-    if t.device.type != 'cpu' or c.dtype != torch.bool or c.shape != t.shape or not t.is_floating_point(): return t * c
-    out = torch.empty(t.shape, dtype=t.dtype)
-    o, tf, cf = out.view(-1), t.detach().reshape(-1), c.reshape(-1).view(torch.uint8)
-    for s in range(0, o.numel(), _CHUNK): torch.mul(tf[s:s + _CHUNK], cf[s:s + _CHUNK], out=o[s:s + _CHUNK])
-    return out
+    keep = torch.zeros(m, dtype=torch.bool, device=dev)
+    if k == m: keep[:] = True
+    elif k > 0:
+        s = s.double()   # exact for float32, half, bool and integers < 2**53
+        if torch.isnan(s).any(): raise ValueError("saliency scores contain NaN; check the loss and the data")
+        if allowed is not None: s = s.masked_fill(~allowed, -math.inf)
+        keep[torch.sort(s, descending=True, stable=True).indices[:k]] = True   # equal scores stay in index order
+    return keep if out is None else out.view(-1).copy_(keep)
 
 # %% ../nbs/00_masks.ipynb #a983675c
 def _fmt_shape(s): return '×'.join(str(d) for d in s)

@@ -19,15 +19,15 @@ from torch.func import functional_call
 from fastprogress.fastprogress import progress_bar
 
 from .masks import *
-from .masks import _times_mask
 from .sensitivity import *
+from .speed import topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
 from .sanity import erk_mask, smart_ratio_mask
 from .sensitivity import _plain
 
 # %% auto #0
-__all__ = ['SCHEDULE_MODES', 'METHODS', 'sparsity_schedule', 'repeat_batches', 'tempered_loss', 'check_temperature',
-           'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'PruningJob', 'prune_at_init',
-           'model_fingerprint', 'same_fingerprint']
+__all__ = ['SCHEDULE_MODES', 'METHODS', 'SALIENCY_LOSSES', 'sparsity_schedule', 'repeat_batches', 'tempered_loss',
+           'check_temperature', 'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'PruningJob',
+           'prune_at_init', 'model_fingerprint', 'same_fingerprint']
 
 # %% ../nbs/02_methods.ipynb #b3e22b74
 SCHEDULE_MODES = ('exp', 'linear')
@@ -132,8 +132,10 @@ class PruningMethod:
     needs_input: bool = False # needs an input shape (from `input_shape` or the first batch) though not the data
     default_temperature: float = 1. # the saliency loss sees the logits divided by this when `temperature=None`
     scored: bool = True # ranks saliency scores with `PruningJob.topk`, so `invert=True` applies (False: a random mask)
+    default_loss: str = 'cross_entropy' # the saliency loss when `loss_func=None`: a key of `SALIENCY_LOSSES` (chosen by measurement)
 
 METHODS: dict[str, PruningMethod] = {}
+SALIENCY_LOSSES = {'cross_entropy': F.cross_entropy, 'raw_nll': raw_logit_nll}   # the paper's written loss; its official code's NLL of raw logits
 
 def register_method(name:str, # registry key
                     iterative:bool, # uses a sparsity schedule over `steps`
@@ -143,12 +145,14 @@ def register_method(name:str, # registry key
                     needs_input:bool=False, # needs an input shape but no data (SynFlow)
                     default_temperature:float=1., # logits divided by this in the saliency loss when `temperature=None`
                     scored:bool=True, # ranks scores with `job.topk` (False for a random mask: `invert=True` is then refused)
+                    default_loss:str='cross_entropy', # the saliency loss when `loss_func=None`: a key of `SALIENCY_LOSSES`
                    ):
     "Decorator adding `run(job) -> flat mask` to `METHODS` under `name`."
+    if default_loss not in SALIENCY_LOSSES: raise ValueError(f"default_loss must be one of {', '.join(SALIENCY_LOSSES)}, got {default_loss!r}")
     def _inner(run):
         METHODS[name] = PruningMethod(name, run, iterative, uses_data, default_steps,
                                       summary or (run.__doc__ or '').strip(), needs_input,
-                                      float(default_temperature), bool(scored))
+                                      float(default_temperature), bool(scored), default_loss)
         return run
     return _inner
 
@@ -169,7 +173,7 @@ class PruningJob:
                  steps:int|None=None, # pruning steps $T$ (one-shot methods: batch groups averaged); `None`: the method's default
                  mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
                  batches_per_step:int=1, # batches whose gradients are averaged at each step
-                 loss_func:Callable=F.cross_entropy, # saliency loss `loss_func(output, target)`
+                 loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: the method's `default_loss` (raw-logit NLL for FORCE and Iterative SNIP, cross-entropy for the others: measured)
                  layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
                  bn_mode:str='train', # BatchNorm during saliency: 'train' (batch statistics) or 'eval' (running statistics)
                  seed:int|None=None, # seed of the random method
@@ -195,8 +199,9 @@ class PruningJob:
         self.model, self.steps, self.mode, self.batches_per_step = model, steps, mode, batches_per_step
         self.seed, self.progress, self.on_step, self.input_shape = seed, progress, on_step, input_shape
         self.temperature = check_temperature(temperature, self.method)
+        if loss_func is None: loss_func = SALIENCY_LOSSES[self.method.default_loss]
         if self.temperature != 1: loss_func = tempered_loss(loss_func, self.temperature)
-        self.loss = MaskedLoss(model, loss_func, layer_types, bn_mode)   # raises if no prunable layer
+        self.loss = FastMaskedLoss(model, loss_func, layer_types, bn_mode)   # a `MaskedLoss`; raises if no prunable layer
         self.m = self.loss.m
         self.k = n_kept(self.m, self.sparsity)
         self.schedule = [self.k] if self.k == self.m else (
@@ -291,8 +296,8 @@ def _grasp(job):
 register_method('snip', iterative=False, summary='one shot, top-k of |theta * grad L(theta)| on one batch (eq. 3)')(_snip)
 register_method('snip_mb', iterative=False, default_steps=300,
                 summary='SNIP with the saliency averaged over steps x batches_per_step batches')(_snip)
-register_method('grasp', iterative=False, summary='one shot, keep the top-k of theta * Hg (eq. 4)')(_grasp)
-register_method('grasp_mb', iterative=False, default_steps=300,
+register_method('grasp', iterative=False, default_temperature=200, summary='one shot, keep the top-k of theta * Hg (eq. 4), logits / 200 as in its authors\' code')(_grasp)
+register_method('grasp_mb', iterative=False, default_steps=300, default_temperature=200,
                 summary='GRASP averaged over steps x batches_per_step batches')(_grasp)
 
 # %% ../nbs/02_methods.ipynb #erk-smart-code
@@ -332,11 +337,11 @@ def _grad_sq_saliency(job):
         return [gi.pow_(2) for gi in job.loss.grads(bs, c)]
     return saliency
 
-@register_method('force', iterative=True, default_steps=300,
+@register_method('force', iterative=True, default_steps=300, default_loss='raw_nll',
                  summary='progressive; top-k of |theta * grad L(theta*c_t)| over all weights, pruned may return (Alg. 1)')
 def _force(job): return _progressive(job, _force_saliency(job), resurrect=True)
 
-@register_method('iter_snip', iterative=True, default_steps=300,
+@register_method('iter_snip', iterative=True, default_steps=300, default_loss='raw_nll',
                  summary='progressive; FORCE saliency, pruned weights stay pruned (eq. 7)')
 def _iter_snip(job): return _progressive(job, _force_saliency(job), resurrect=False)
 
@@ -393,7 +398,7 @@ def prune_at_init(model:nn.Module, # the network at initialisation (not modified
                   steps:int|None=None, # pruning steps $T$ (one-shot methods: batch groups averaged); `None`: the method's default
                   mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
                   batches_per_step:int=1, # batches whose gradients are averaged at each step
-                  loss_func:Callable=F.cross_entropy, # saliency loss `loss_func(output, target)`
+                  loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: the method's `default_loss` (raw-logit NLL for FORCE and Iterative SNIP, cross-entropy for the others: measured)
                   layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
                   bn_mode:str='train', # BatchNorm during saliency: 'train' (batch statistics, measured best) or 'eval' (running statistics)
                   seed:int|None=None, # seed of the random method (other methods are deterministic given the batches)

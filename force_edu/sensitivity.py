@@ -15,10 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
-from torch.overrides import TorchFunctionMode
 
 from .masks import *
-from .masks import _times_mask
 
 # %% auto #0
 __all__ = ['BN_MODES', 'check_bn_mode', 'saliency_mode', 'to_device', 'MaskedLoss', 'connection_sensitivity', 'force_objective',
@@ -69,88 +67,6 @@ def to_device(batch, # a tuple `(x, y)` or `(x1, ..., xn, y)` of tensors (fastai
         return t.clone() if t.is_inference() else t   # inference-mode tensors cannot be saved for backward
     return tuple(mv(x) for x in xs), mv(y)
 
-_RECOMPUTE = True   # False: keep the masked copies of the weights for the backward pass (more memory, one multiply less)
-_META = {Tensor.size, Tensor.dim, Tensor.numel, Tensor.__len__, Tensor.stride, Tensor.is_contiguous, Tensor.element_size,
-         Tensor.is_floating_point, Tensor.shape.__get__, Tensor.dtype.__get__, Tensor.device.__get__, Tensor.ndim.__get__,
-         Tensor.is_cuda.__get__, Tensor.requires_grad.__get__, Tensor.layout.__get__}   # uses of a weight that read no values
-
-class _Masked(torch.autograd.Function):
-    "$\\theta \\odot c$ as a non-leaf tensor (its gradient is $\\nabla L(\\theta \\odot c)$); nothing is saved for backward."
-    @staticmethod
-    def forward(ctx, anchor, t, c): return _times_mask(t, c)
-    @staticmethod
-    def backward(ctx, grad): return None, None, None
-
-class _MaskedWeights(TorchFunctionMode):
-    "While active, each torch function given a layer's weight placeholder gets $\\theta \\odot c$ instead, computed there and then; what it saves for backward is a tag, recomputed in the backward pass (saved-tensor hooks). No weight-sized copy outlives its layer."
-    def __init__(self, theta, cs):
-        super().__init__()
-        self.theta, self.cs = theta, cs
-        self.placeholders = [t.detach() for t in theta]   # new tensor objects on theta's storage, passed to `functional_call`
-        self.index = {id(p): i for i, p in enumerate(self.placeholders)}
-        self.anchor = torch.zeros((), device=theta[0].device, requires_grad=True)
-        self.edges, self.ptrs = [], {}   # (layer, gradient edge) per use; storage address -> layer of each masked copy made
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
-    def _masked(self, a, made:list):
-        i = self.index.get(id(a)) if isinstance(a, Tensor) else None
-        if i is None: return a
-        masked = self.cs[i] is not None   # else an unmasked layer: its dense weight, a view of theta (nothing to free)
-        w = _Masked.apply(self.anchor, self.theta[i], self.cs[i]) if masked else self.theta[i].detach().requires_grad_()
-        self.edges.append((i, torch.autograd.graph.get_gradient_edge(w)))
-        if masked and w.numel():
-            self.ptrs[w.untyped_storage().data_ptr()] = i
-            made.append(w.untyped_storage().data_ptr())
-        return w
-    def _has_placeholder(self, a) -> bool:
-        if isinstance(a, Tensor): return id(a) in self.index
-        if isinstance(a, (list, tuple)): return any(self._has_placeholder(b) for b in a)
-        if isinstance(a, dict): return any(self._has_placeholder(b) for b in a.values())
-        return False
-    def _swap(self, a, made:list):
-        "`a` with every placeholder in it (also inside lists, tuples and dicts) replaced by its masked weight."
-        if isinstance(a, Tensor): return self._masked(a, made)
-        if isinstance(a, (list, tuple)) and self._has_placeholder(a):
-            b = [self._swap(x, made) for x in a]
-            return type(a)(*b) if hasattr(a, '_fields') else type(a)(b)   # namedtuples too
-        if isinstance(a, dict) and self._has_placeholder(a): return type(a)((k, self._swap(v, made)) for k, v in a.items())
-        return a
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _META or not self._has_placeholder((args, kwargs)): return func(*args, **kwargs)
-        made = []
-        args, kwargs = self._swap(args, made), self._swap(kwargs, made)
-        try: return func(*args, **kwargs)   # what it saves for backward is packed in here, while its masked copies are alive
-        finally:
-            for p in made: self.ptrs.pop(p, None)   # afterwards the address may hold another tensor
-    def pack(self, x):
-        try: i = self.ptrs.get(x.untyped_storage().data_ptr()) if x.numel() else None
-        except (RuntimeError, NotImplementedError): i = None   # a tensor without a plain storage
-        return x if i is None else (i, x.shape, x.stride(), x.storage_offset())
-    def unpack(self, p):
-        if not isinstance(p, tuple): return p
-        i, shape, stride, offset = p
-        return _times_mask(self.theta[i], self.cs[i]).as_strided(shape, stride, offset)
-    def __enter__(self):
-        self._hooks.__enter__()
-        return super().__enter__()
-    def __exit__(self, *exc):
-        try: return super().__exit__(*exc)
-        finally: self._hooks.__exit__(*exc); self._hooks, self.ptrs = None, {}   # no reference cycle keeps the masks alive
-    def grads(self, loss:Tensor, names) -> list[Tensor]:
-        "$\\nabla L(\\theta \\odot c)$ per layer, summed over each use of the layer's weight in the forward pass."
-        used = {i for i, _ in self.edges}
-        unused = [n for i, n in enumerate(names) if i not in used]
-        if unused: raise ValueError(f"the prunable weights of {unused[:3]} are not used by the forward pass; "
-                                    f"pass `layer_types=` without their layer types, or prune a model that uses them")
-        edges, self.edges = self.edges, []
-        gs = torch.autograd.grad(loss, [e for _, e in edges], allow_unused=True)
-        out = [None] * len(self.theta)
-        for (i, _), g in zip(edges, gs):
-            if g is not None: out[i] = g if out[i] is None else out[i].add_(g)
-        for i, g in enumerate(out):   # used, but not on the way to the loss (e.g. only its values were printed)
-            if g is None: out[i] = torch.zeros_like(self.theta[i])
-        return out
-
 class MaskedLoss:
     "The loss $L(\\theta \\odot c)$ of `model` as a function of its prunable weights, evaluated without changing `model`."
     def __init__(self, model:nn.Module, # the network; it is never modified
@@ -185,7 +101,7 @@ class MaskedLoss:
 
     def pruned_weights(self, c=None) -> list[Tensor]:
         "$\\bar\\theta = \\theta \\odot c$, one new leaf tensor per layer."
-        return [(t if ci is None else _times_mask(t, ci)).detach() for t, ci in zip(self.theta, self.mask_list(c))]
+        return [(t if ci is None else t * ci).detach() for t, ci in zip(self.theta, self.mask_list(c))]
 
     def loss(self, weights:Sequence[Tensor], batch) -> Tensor:
         "The loss on one batch with the prunable weights replaced by `weights`."
@@ -201,21 +117,14 @@ class MaskedLoss:
     def grads(self, batches:Iterable, # the batches to average over
               c=None, # the mask (`None`: the dense network)
              ) -> list[Tensor]:
-        "$\\nabla L(\\theta \\odot c)$ averaged over `batches`, one tensor per prunable layer ($\\theta \\odot c$ is recomputed in the backward pass, not kept)."
-        cs = self.mask_list(c)
+        "$\\nabla L(\\theta \\odot c)$ averaged over `batches`, one tensor per prunable layer; times $\\theta$, it is $\\partial L(\\theta \\odot c) / \\partial c$."
+        w = [t.requires_grad_() for t in self.pruned_weights(c)]   # leaf tensors: theta * c
         with saliency_mode(self.model, self.bn_mode), torch.enable_grad():
             total, n = None, 0
             for i, b in enumerate(batches):
-                if all(ci is None for ci in cs) or not _RECOMPUTE:   # dense: views of theta; else masked copies kept for backward
-                    w = [t.requires_grad_() for t in self.pruned_weights(cs)]
-                    loss = self.loss(w, b)
-                    self._check(loss.detach(), i)
-                    gs = torch.autograd.grad(loss, w)
-                else:
-                    with _MaskedWeights(self.theta, cs) as mw: loss = self.loss(mw.placeholders, b)
-                    self._check(loss.detach(), i)
-                    gs = mw.grads(loss, self.names)
-                del loss
+                loss = self.loss(w, b)
+                self._check(loss.detach(), i)
+                gs = torch.autograd.grad(loss, w)
                 total = list(gs) if total is None else [a.add_(g) for a, g in zip(total, gs)]
                 n += 1
         if n == 0: raise ValueError("no batches were given: pass at least one (x, y) batch")

@@ -165,7 +165,7 @@ TRAIN_FIELDS = ('data', 'arch', 'width', 'n_train', 'n_valid', 'size', 'bs', 'ep
 PRUNE_FIELDS = ('steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature', 'samples_per_class')   # configuration of the pruning, where the method uses it
 _KEY_DEFAULTS = {'temperature': 1., 'samples_per_class': None, 'ablation': 'none'}   # fields added later: left out of `run_key` at these values, so older records keep their key
 SWEEP_ABLATIONS = ('none', 'shuffle', 'reinit', 'invert')   # the method's own mask, and Frankle et al.'s three sanity checks of it
-LOSSES = {'cross_entropy': None, 'raw_nll': raw_logit_nll}   # saliency losses: the training loss, or the official code's NLL of raw logits
+LOSSES = {'cross_entropy': F.cross_entropy, 'raw_nll': raw_logit_nll}   # saliency losses: the training loss (the paper's L), or the official code's NLL of raw logits
 
 def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
                    cfg:dict, # a sweep configuration holding `PRUNE_FIELDS`
@@ -183,6 +183,7 @@ def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
 def run_key(rec:dict, # a run record (or any dict with the key fields)
            ) -> str:
     "The identity of a run: method, sparsity, seed, ablation (unless none) and the configuration fields it uses, as a canonical JSON string."
+    if 'temperature' not in rec: rec = {**rec, 'temperature': 1.}   # a record from before the option: its runs scored without a temperature
     k = {f: rec.get(f) for f in ('method', 'seed', 'ablation') + TRAIN_FIELDS}
     k['sparsity'] = round(float(rec['sparsity']), 10)
     k.update(pruning_fields(rec['method'], rec) if rec['method'] == 'dense' or rec['method'] in METHODS else
@@ -217,7 +218,8 @@ def _callback_prune(cb, # a `PruneAtInitCallback`
                    ):
     "The callback's `_prune(model, dl)`, with `invert` (the callback has no such option)."
     def prune(model, dl):
-        lf = cb.loss_func if cb.loss_func is not None else cb.learn.loss_func
+        from force_edu.callback import default_saliency_loss   # here: the callback module imports fastai's Learner
+        lf = cb.loss_func if cb.loss_func is not None else default_saliency_loss(cb.learn.loss_func, cb.method)
         def loss_func(out, y): return lf(out, y).as_subclass(torch.Tensor)   # fastai's losses return a TensorBase
         return prune_at_init(model, repeat_batches(dl), cb.sparsity, cb.method, steps=cb.steps, mode=cb.mode,
                              batches_per_step=cb.batches_per_step, loss_func=loss_func, layer_types=cb.layer_types,

@@ -105,10 +105,11 @@ def test_unknown_model_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- the fast top-k
-# `force_edu.masks.topk_mask` brackets the k-th largest score with a sample when there are >= 2**20 scores (the speed-up
-# this benchmark motivated); its result must stay that of a stable sort: exactly k kept, ties to the lowest index.
+# `force_edu.speed.topk_mask` (what the library calls) brackets the k-th largest score with a sample when there are >= 2**20
+# scores (the speed-up this benchmark motivated); its result must stay that of a stable sort (the definition,
+# `force_edu.masks.topk_mask`): exactly k kept, ties to the lowest index.
 import torch
-from force_edu import masks as M
+from force_edu import speed as M
 
 
 def _reference(s, k):

@@ -10,6 +10,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner, load_learner
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.training import ShortEpochCallback
+from fastai.losses import CrossEntropyLossFlat
 import fastai.callback.schedule  # noqa: F401  (Learner.lr_find, fit_one_cycle, fine_tune)
 
 from force_edu.masks import Masks, prunable_layers, is_pruned
@@ -116,7 +117,8 @@ def test_mask_is_prune_at_init_on_the_learners_batches_and_loss(tmp_path):
     dls = _dls(shuffle=False)
     learn = Learner(dls, _net(), loss_func=loss, path=tmp_path,
                     cbs=ForceCallback(0.95, steps=6, batches_per_step=1, progress=False, verbose=False))
-    expected = prune_at_init(_net(), repeat_batches(dls.train), 0.95, 'force', steps=6)   # 4 batches: gone over again
+    expected = prune_at_init(_net(), repeat_batches(dls.train), 0.95, 'force', steps=6, loss_func=F.cross_entropy)   # 4 batches: gone over again
+    assert expected != prune_at_init(_net(), repeat_batches(dls.train), 0.95, 'force', steps=6)   # FORCE's own default is the raw-logit NLL
     assert len(dls.train) == 4
     learn.fit(1, cbs=ShortEpochCallback(0))
     assert learn.pruning_masks == expected
@@ -295,3 +297,15 @@ def test_stay_zero_to_fp16_on_gpu(tmp_path):
     learn.fit_one_cycle(2, 1e-2)
     assert learn.stay_zero.n > 0 and next(learn.model.parameters()).is_cuda
     assert learn.pruning_masks == Masks.from_zeros(learn.model)
+
+
+def test_default_saliency_loss_follows_the_method(tmp_path):
+    "With `loss_func=None` and a cross-entropy learner, FORCE and Iterative SNIP score with the raw-logit NLL, SNIP with the learner's cross-entropy."
+    from force_edu.sensitivity import raw_logit_nll
+    dls = _dls(shuffle=False)
+    for method, want_loss in (('force', raw_logit_nll), ('iter_snip', raw_logit_nll), ('snip', F.cross_entropy)):
+        learn = Learner(dls, _net(), loss_func=CrossEntropyLossFlat(), path=tmp_path,
+                        cbs=PruneAtInitCallback(0.95, method, steps=None if method == 'snip' else 6, progress=False, verbose=False))
+        learn.fit(1, cbs=ShortEpochCallback(0))
+        steps = 1 if method == 'snip' else 6
+        assert learn.pruning_masks == prune_at_init(_net(), repeat_batches(dls.train), 0.95, method, steps=steps, loss_func=want_loss), method

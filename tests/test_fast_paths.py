@@ -1,11 +1,11 @@
-"""The fast paths behind `prune_at_init` give exactly what the plain computations give.
+"""The fast paths behind `prune_at_init` (`force_edu.speed`) give exactly what the plain definitions give.
 
-- `topk_mask` over a list of per-layer scores, read piece by piece, with `allowed=` (eq. 7), `out=` and `scale=`
+- `fast.topk_mask` over a list of per-layer scores, read piece by piece, with `allowed=` (eq. 7), `out=` and `scale=`
   (|scores * scale| computed in the same pass): the same mask as a stable sort of the concatenated, transformed scores.
 - `_times_mask`: `t * c` for a boolean `c`, read as bytes piece by piece.
-- `MaskedLoss.grads` at a mask recomputes the masked weights in the backward pass (`_MaskedWeights`) instead of keeping
-  them: the same gradients as keeping them (`_RECOMPUTE = False`), for shared layers, unmasked layers, weights used
-  through a view or a metadata read, and several batches.
+- `FastMaskedLoss.grads` at a mask recomputes the masked weights in the backward pass (`_MaskedWeights`) instead of keeping
+  them: the same gradients as the definition, `sensitivity.MaskedLoss.grads` (and as `_RECOMPUTE = False`), for shared
+  layers, unmasked layers, weights used through a view or a metadata read, and several batches.
 """
 import math
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from force_edu import masks as M
 from force_edu import sensitivity as S
+from force_edu import speed as FP
 from force_edu.methods import prune_at_init, repeat_batches
 
 
@@ -43,8 +44,8 @@ def _split(s, g):
 @pytest.mark.parametrize('chunk', [1, 7, 64])
 def test_topk_mask_lists_match_a_stable_sort(monkeypatch, chunk):
     "Forced through the bracketed, piece-by-piece path on small inputs (pieces of `chunk` scores): same masks."
-    monkeypatch.setattr(M, '_TOPK_MIN', 1)
-    monkeypatch.setattr(M, '_CHUNK', chunk)
+    monkeypatch.setattr(FP, '_TOPK_MIN', 1)
+    monkeypatch.setattr(FP, '_CHUNK', chunk)
     g = torch.Generator().manual_seed(chunk)
     for trial in range(400):
         kind = ['ties', 'zeros', 'inf', 'randn'][trial % 4]
@@ -58,7 +59,7 @@ def test_topk_mask_lists_match_a_stable_sort(monkeypatch, chunk):
         ref = _reference(ref_s, k)
         parts = _split(s.clone(), g)
         out = torch.empty(m, dtype=torch.bool) if trial % 4 == 1 else None
-        got = M.topk_mask(parts, k, allowed=None if allowed is None else _split(allowed, g), out=out,
+        got = FP.topk_mask(parts, k, allowed=None if allowed is None else _split(allowed, g), out=out,
                           scale=None if scale is None else _same_split(scale, parts))
         assert torch.equal(got, ref), (kind, dtype, m, k, trial)
         if out is not None: assert got.data_ptr() == out.data_ptr()
@@ -83,22 +84,22 @@ def test_topk_mask_large_list_with_allowed_and_scale():
     for k in (1, 1000, int(0.1 * m), int(0.25 * m)):
         ref = _reference((grads * theta).abs().masked_fill(~allowed, -math.inf), k)
         out = torch.empty(m, dtype=torch.bool)
-        got = M.topk_mask(list(grads.clone().split(sizes)), k, allowed=list(allowed.split(sizes)), out=out,
+        got = FP.topk_mask(list(grads.clone().split(sizes)), k, allowed=list(allowed.split(sizes)), out=out,
                           scale=list(theta.split(sizes)))
         assert torch.equal(got, ref) and got.data_ptr() == out.data_ptr(), k
-        assert torch.equal(M.topk_mask(list((grads * theta).abs().split(sizes)), k), _reference((grads * theta).abs(), k))
+        assert torch.equal(FP.topk_mask(list((grads * theta).abs().split(sizes)), k), _reference((grads * theta).abs(), k))
 
 
 def test_topk_mask_bad_arguments():
     s = [torch.rand(3), torch.rand(4)]
-    with pytest.raises(ValueError, match='allowed'): M.topk_mask(s, 2, allowed=[torch.ones(7)])
-    with pytest.raises(ValueError, match='allowed'): M.topk_mask(s, 2, allowed=[torch.ones(6, dtype=torch.bool)])
-    with pytest.raises(ValueError, match='out'): M.topk_mask(s, 2, out=torch.empty(6, dtype=torch.bool))
-    with pytest.raises(ValueError, match='out'): M.topk_mask(s, 2, out=torch.empty(7))
-    with pytest.raises(ValueError, match='scale'): M.topk_mask(s, 2, scale=[torch.ones(7)])
-    with pytest.raises(ValueError, match='no scores'): M.topk_mask([], 0)
+    with pytest.raises(ValueError, match='allowed'): FP.topk_mask(s, 2, allowed=[torch.ones(7)])
+    with pytest.raises(ValueError, match='allowed'): FP.topk_mask(s, 2, allowed=[torch.ones(6, dtype=torch.bool)])
+    with pytest.raises(ValueError, match='out'): FP.topk_mask(s, 2, out=torch.empty(6, dtype=torch.bool))
+    with pytest.raises(ValueError, match='out'): FP.topk_mask(s, 2, out=torch.empty(7))
+    with pytest.raises(ValueError, match='scale'): FP.topk_mask(s, 2, scale=[torch.ones(7)])
+    with pytest.raises(ValueError, match='no scores'): FP.topk_mask([], 0)
     nan = [torch.rand(2**20), torch.tensor([math.nan, 1.])]
-    with pytest.raises(ValueError, match='NaN'): M.topk_mask(nan, 10)
+    with pytest.raises(ValueError, match='NaN'): FP.topk_mask(nan, 10)
 
 
 def test_topk_mask_allowed_split_differently():
@@ -106,8 +107,8 @@ def test_topk_mask_allowed_split_differently():
     g = torch.Generator().manual_seed(4)
     s, a = torch.randn(50, generator=g), torch.rand(50, generator=g) < 0.5
     ref = _reference(s.masked_fill(~a, -math.inf), 12)
-    assert torch.equal(M.topk_mask(list(s.split([20, 30])), 12, allowed=a), ref)
-    assert torch.equal(M.topk_mask(s, 12, allowed=list(a.split([10, 40]))), ref)
+    assert torch.equal(FP.topk_mask(list(s.split([20, 30])), 12, allowed=a), ref)
+    assert torch.equal(FP.topk_mask(s, 12, allowed=list(a.split([10, 40]))), ref)
 
 
 @pytest.mark.parametrize('shape', [(3,), (5, 7), (64, 32, 3, 3), (2**16 + 3,)])
@@ -116,12 +117,12 @@ def test_times_mask(shape, dtype):
     g = torch.Generator().manual_seed(5)
     t = torch.randn(shape, generator=g, dtype=dtype)
     c = torch.rand(shape, generator=g) < 0.4
-    got = M._times_mask(t, c)
+    got = FP._times_mask(t, c)
     assert got.dtype == dtype and got.shape == t.shape and torch.equal(got, t * c)
-    assert torch.equal(M._times_mask(t.requires_grad_(), c), (t * c).detach())   # never part of a graph on the CPU
+    assert torch.equal(FP._times_mask(t.requires_grad_(), c), (t * c).detach())   # never part of a graph on the CPU
     if t.dim() == 2:
         tt = t.detach().t()   # not contiguous
-        assert torch.equal(M._times_mask(tt, c.t()), tt * c.t())
+        assert torch.equal(FP._times_mask(tt, c.t()), tt * c.t())
 
 
 class _Shared(nn.Module):
@@ -151,18 +152,19 @@ def test_recomputed_masked_weights_give_the_same_gradients(monkeypatch, bn_mode,
     torch.manual_seed(0)
     model, g = _Shared(), torch.Generator().manual_seed(6)
     bs = _batches(n_batches, g)
-    ml = S.MaskedLoss(model, bn_mode=bn_mode)
+    ml = FP.FastMaskedLoss(model, bn_mode=bn_mode)
     c = ml.mask_list(torch.rand(ml.m, generator=g) < 0.5)
     c[-1] = None   # one layer without a mask
     unpacked = []
-    unpack = S._MaskedWeights.unpack
-    monkeypatch.setattr(S._MaskedWeights, 'unpack', lambda self, p: unpacked.append(isinstance(p, tuple)) or unpack(self, p))
-    monkeypatch.setattr(S, '_RECOMPUTE', True)
+    unpack = FP._MaskedWeights.unpack
+    monkeypatch.setattr(FP._MaskedWeights, 'unpack', lambda self, p: unpacked.append(isinstance(p, tuple)) or unpack(self, p))
+    monkeypatch.setattr(FP, '_RECOMPUTE', True)
     got = ml.grads(bs, c)
     assert sum(unpacked) == 3 * n_batches, "masked weights were saved instead of recomputed"   # conv, fc twice (head: no mask; viewed: through a view)
-    monkeypatch.setattr(S, '_RECOMPUTE', False)
+    monkeypatch.setattr(FP, '_RECOMPUTE', False)
     ref = ml.grads(bs, c)
     for a, b in zip(got, ref): torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(got, S.MaskedLoss(model, bn_mode=bn_mode).grads(bs, c)): assert torch.equal(a, b)   # the definition, bit for bit
 
 
 def test_recompute_prunes_the_same_and_leaves_the_model_alone(monkeypatch):
@@ -176,7 +178,7 @@ def test_recompute_prunes_the_same_and_leaves_the_model_alone(monkeypatch):
         before = model_fingerprint(model)
         res = {}
         for rc in (True, False):
-            monkeypatch.setattr(S, '_RECOMPUTE', rc)
+            monkeypatch.setattr(FP, '_RECOMPUTE', rc)
             res[rc] = prune_at_init(model, repeat_batches(bs), 0.7, method, steps=4, bn_mode='train')
             assert same_fingerprint(before, model_fingerprint(model)), method
         assert res[True] == res[False], method
@@ -189,8 +191,8 @@ def test_a_masked_layer_the_forward_never_uses_is_a_clear_error(monkeypatch):
             super().__init__()
             self.used, self.spare = nn.Linear(4, 3), nn.Linear(4, 3)
         def forward(self, x): return self.used(x)
-    monkeypatch.setattr(S, '_RECOMPUTE', True)
-    ml = S.MaskedLoss(Unused())
+    monkeypatch.setattr(FP, '_RECOMPUTE', True)
+    ml = FP.FastMaskedLoss(Unused())
     c = ml.mask_list(torch.ones(ml.m, dtype=torch.bool))
     with pytest.raises(ValueError, match='spare'): ml.grads([(torch.randn(5, 4), torch.randint(0, 3, (5,)))], c)
 

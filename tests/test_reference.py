@@ -17,6 +17,7 @@ from sklearn.datasets import load_digits
 
 from force_edu.masks import Masks
 from force_edu.methods import prune_at_init, sparsity_schedule
+from force_edu.sensitivity import raw_logit_nll
 
 @pytest.fixture(autouse=True, scope='module')
 def _one_thread():
@@ -81,9 +82,15 @@ def ref_topk(scores, k, alive=None):
     keep[list(order[:k])] = True
     return keep
 
+# the saliency losses, written here: the official code's NLL of raw logits, -mean z_y, is the default of FORCE and
+# Iterative SNIP; cross-entropy (the paper's L) that of the other methods
+LOSSES = {'raw_nll': lambda z, y: -z.gather(1, y[:, None]).mean(), 'cross_entropy': F.cross_entropy}
+DEFAULT_LOSS = {'force': 'raw_nll', 'iter_snip': 'raw_nll'}   # every other method: 'cross_entropy'
+
 class Reference:
     "The loss of a private copy of `model` as a function of explicit float masks `c` on its prunable weights."
-    def __init__(self, model, bn_mode):
+    def __init__(self, model, bn_mode, loss='raw_nll'):
+        self.loss_fn = LOSSES[loss]
         self.net = copy.deepcopy(model)
         self.net.eval()
         if bn_mode == 'train':
@@ -95,10 +102,10 @@ class Reference:
         self.m = sum(t.numel() for t in self.theta)
 
     def _loss(self, weights, batches):
-        "The mean over `batches` of the cross-entropy of the copy with its prunable weights replaced."
+        "The mean over `batches` of the saliency loss of the copy with its prunable weights replaced."
         params = {n: p.detach() for n, p in self.net.named_parameters()}
         params.update({f'{n}.weight': w for n, w in zip(self.names, weights)})
-        return sum(F.cross_entropy(functional_call(self.net, params, (x,)), y) for x, y in batches) / len(batches)
+        return sum(self.loss_fn(functional_call(self.net, params, (x,)), y) for x, y in batches) / len(batches)
 
     def grad_wrt_mask(self, c, batches):
         "dL(theta*c)/dc at c (eq. 5), flat."
@@ -118,10 +125,10 @@ class Reference:
     def masks(self, flat):
         return Masks({n: p.bool() for n, p in zip(self.names, self.split(flat))})
 
-def reference_prune(model, batches, sparsity, method, steps, bn_mode='eval', mode='exp', bps=1):
+def reference_prune(model, batches, sparsity, method, steps, bn_mode='eval', mode='exp', bps=1, loss=None):
     """Algorithm 1 (force), eq. 7 (iter_snip), eq. 17 (grasp_it), eq. 3 (snip); step t uses batches[t*bps:(t+1)*bps].
     'snip_mb' is SNIP on the mean loss of `steps` x `bps` batches."""
-    ref = Reference(model, bn_mode)
+    ref = Reference(model, bn_mode, loss or DEFAULT_LOSS.get(method, 'cross_entropy'))
     m = ref.m
     k = int(round((1 - sparsity) * m))
     if method == 'snip_mb':
@@ -158,6 +165,18 @@ def test_progressive_matches_reference(method, name, bn_mode, sparsity, steps):
     assert got.kept == want.kept
     assert got == want
 
+@pytest.mark.parametrize('method', ['force', 'iter_snip', 'grasp_it', 'snip'])
+@pytest.mark.parametrize('name,bn_mode', [('mlp', 'eval'), ('cnn_bn', 'train')])
+def test_both_losses_match_reference(method, name, bn_mode):
+    "With either saliency loss passed explicitly, the masks are those of the reference scoring with that loss."
+    model = _prep(name, torch.float64)
+    steps = 1 if method == 'snip' else 6
+    bs = digit_batches(steps)
+    for loss, loss_func in (('cross_entropy', F.cross_entropy), ('raw_nll', raw_logit_nll)):
+        got = prune_at_init(model, bs, 0.95, method, steps=steps, bn_mode=bn_mode, loss_func=loss_func)
+        assert got == reference_prune(model, bs, 0.95, method, steps, bn_mode, loss=loss), loss
+    assert got != reference_prune(model, bs, 0.95, method, steps, bn_mode, loss='cross_entropy')   # the loss matters
+
 @pytest.mark.parametrize('name,bn_mode', CASES)
 def test_linear_schedule_matches_reference(name, bn_mode):
     model = _prep(name, torch.float64)
@@ -173,9 +192,10 @@ def test_snip_matches_reference_and_force_T1(name, bn_mode, sparsity):
     bs = digit_batches(1)
     want = reference_prune(model, bs, sparsity, 'snip', 1, bn_mode)
     assert prune_at_init(model, bs, sparsity, 'snip', bn_mode=bn_mode) == want
-    # T = 1 FORCE is SNIP, exactly (and so is T = 1 Iter-SNIP)
-    assert prune_at_init(model, bs, sparsity, 'force', steps=1, bn_mode=bn_mode) == want
-    assert prune_at_init(model, bs, sparsity, 'iter_snip', steps=1, bn_mode=bn_mode) == want
+    # T = 1 FORCE is SNIP, exactly (and so is T = 1 Iter-SNIP), scored with the same loss
+    assert prune_at_init(model, bs, sparsity, 'force', steps=1, bn_mode=bn_mode, loss_func=F.cross_entropy) == want
+    assert prune_at_init(model, bs, sparsity, 'iter_snip', steps=1, bn_mode=bn_mode, loss_func=F.cross_entropy) == want
+    assert prune_at_init(model, bs, sparsity, 'force', steps=1, bn_mode=bn_mode) == prune_at_init(model, bs, sparsity, 'snip', bn_mode=bn_mode, loss_func=raw_logit_nll)
 
 @pytest.mark.parametrize('name,bn_mode', CASES)
 def test_several_batches_per_step_match_reference(name, bn_mode):
@@ -223,10 +243,10 @@ def tiny_mlp(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 10)).double()
 
-def ref_grasp_scores(model, batches):
+def ref_grasp_scores(model, batches, loss='cross_entropy'):
     """GRASP's signed score theta * (H g) (eq. 4; keep the top k), with g and H the gradient and the explicit Hessian
     (`torch.autograd.functional.hessian`, no Hessian-vector product) of the mean loss over all of `batches`."""
-    ref = Reference(model, 'eval')
+    ref = Reference(model, 'eval', loss)
     theta = torch.cat([t.reshape(-1) for t in ref.theta])
     loss = lambda v: ref._loss(ref.split(v), batches)
     H = torch.autograd.functional.hessian(loss, theta)
@@ -237,21 +257,33 @@ def ref_grasp_scores(model, batches):
 @pytest.mark.parametrize('sparsity', [0.5, 0.9, 0.98])
 def test_grasp_mb_matches_explicit_hessian(sparsity):
     """GRASP-MB with steps=3, batches_per_step=2 is GRASP on the mean loss of those 6 batches: the top-k of
-    theta * (H g), H and g of the mean loss. The network has no BatchNorm, so `bn_mode` changes nothing."""
+    theta * (H g), H and g of the mean loss. The network has no BatchNorm, so `bn_mode` changes nothing. Scored with
+    cross-entropy, where the last check tells the two averages apart (the raw-logit NLL is checked in `test_grasp_raw_nll`)."""
     model, bs = tiny_mlp(), digit_batches(6)
     ref, score = ref_grasp_scores(model, bs)
     k = int(round((1 - sparsity) * ref.m))
     want = ref.masks(ref_topk(score, k))
     for bn_mode in ('train', 'eval'):
-        got = prune_at_init(model, bs, sparsity, 'grasp_mb', steps=3, batches_per_step=2, bn_mode=bn_mode)
+        got = prune_at_init(model, bs, sparsity, 'grasp_mb', steps=3, batches_per_step=2, bn_mode=bn_mode, loss_func=F.cross_entropy, temperature=1)
         assert got.kept == k and got == want, bn_mode
     # extra batches are not used, and the average is over all six: GRASP on the first batch alone is another mask
-    assert prune_at_init(model, bs + digit_batches(8)[6:], sparsity, 'grasp_mb', steps=3, batches_per_step=2) == want
-    one = prune_at_init(model, bs, sparsity, 'grasp')
+    assert prune_at_init(model, bs + digit_batches(8)[6:], sparsity, 'grasp_mb', steps=3, batches_per_step=2, loss_func=F.cross_entropy, temperature=1) == want
+    one = prune_at_init(model, bs, sparsity, 'grasp', loss_func=F.cross_entropy, temperature=1)
     assert one == ref.masks(ref_topk(ref_grasp_scores(model, bs[:1])[1], k)) and one != want
     # the test tells GRASP of the mean loss from the mean of the six per-batch GRASP scores, theta * (H_b g_b)
     per_batch = sum(ref_grasp_scores(model, [b])[1] for b in bs) / len(bs)
     assert ref.masks(ref_topk(per_batch, k)) != want
+
+@pytest.mark.parametrize('sparsity', [0.5, 0.9])
+def test_grasp_raw_nll(sparsity):
+    "Scored with the raw-logit NLL, GRASP and GRASP-MB are the top-k of theta * (H g) of that loss; a temperature changes nothing."
+    model, bs = tiny_mlp(), digit_batches(6)
+    ref, score = ref_grasp_scores(model, bs, 'raw_nll')
+    k = int(round((1 - sparsity) * ref.m))
+    assert prune_at_init(model, bs, sparsity, 'grasp_mb', steps=3, batches_per_step=2, loss_func=raw_logit_nll, temperature=1) == ref.masks(ref_topk(score, k))
+    one = prune_at_init(model, bs, sparsity, 'grasp', loss_func=raw_logit_nll, temperature=1)
+    assert one == ref.masks(ref_topk(ref_grasp_scores(model, bs[:1], 'raw_nll')[1], k))
+    assert prune_at_init(model, bs, sparsity, 'grasp', loss_func=raw_logit_nll, temperature=200) == one
 
 # ---------------------------------------------------------------- the same on a GPU
 

@@ -344,6 +344,7 @@ def legacy_run_key(rec):
     import json
     from force_edu.methods import METHODS
     from force_edu.sweep import TRAIN_FIELDS, PRUNE_FIELDS, pruning_fields
+    if rec.get('temperature') is None: rec = {**rec, 'temperature': 1.}   # every method's default then (GRASP's is 200 since)
     k = {f: rec.get(f) for f in ('method', 'seed') + TRAIN_FIELDS}
     k['sparsity'] = round(float(rec['sparsity']), 10)
     k.update(pruning_fields(rec['method'], rec) if rec['method'] == 'dense' or rec['method'] in METHODS else
@@ -405,7 +406,7 @@ def test_callback_prune_matches_the_callback_and_inverts():
         own = cb._prune(model, bs)
         assert _callback_prune(cb, invert=False)(model, bs) == own   # the same call as the callback's own
         inv = _callback_prune(cb, invert=True)(model, bs)
-        assert inv == prune_at_init(model, bs * 2, 0.9, method, steps=3, invert=True) and inv != own
+        assert inv == prune_at_init(model, bs * 2, 0.9, method, steps=3, invert=True, loss_func=F.cross_entropy) and inv != own
 
 
 def test_sweep_ablation_bad_input():
