@@ -30,7 +30,7 @@ from fastai.losses import BaseLoss
 from .masks import *
 from .sensitivity import check_bn_mode, raw_logit_nll
 from .methods import *
-from .methods import SCHEDULE_MODES
+from .methods import SCHEDULE_MODES, check_temperature
 
 _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   # one default for the whole package
 
@@ -135,8 +135,10 @@ class PruneAtInitCallback(KeepPrunedCallback):
                  progress:bool=True, # show a `fastprogress` bar over the pruning steps
                  verbose:bool=True, # print the one-line summary (on rank 0 only)
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each pruning step (may raise to interrupt)
+                 temperature:float|None=None, # divide the logits by this in the saliency loss; `None`: the method's default (200 for GRASP, else 1)
                 ):
         check_prune_args(sparsity, method, steps, mode, batches_per_step, bn_mode)
+        check_temperature(temperature, get_method(method))
         store_attr()
         self.masks, self.report = None, None
         self.epochs_trained, self._noted = 0, False   # epochs trained since this callback pruned (lr_find's fits not counted)
@@ -215,7 +217,8 @@ class PruneAtInitCallback(KeepPrunedCallback):
         def loss_func(out, y): return lf(out, y).as_subclass(Tensor)   # fastai's losses return a TensorBase
         return prune_at_init(model, repeat_batches(dl), self.sparsity, self.method, steps=self.steps, mode=self.mode,
                              batches_per_step=self.batches_per_step, loss_func=loss_func, layer_types=self.layer_types,
-                             bn_mode=self.bn_mode, seed=self.seed, progress=self.progress and self._bars_on(), on_step=self.on_step)
+                             bn_mode=self.bn_mode, seed=self.seed, progress=self.progress and self._bars_on(), on_step=self.on_step,
+                             temperature=self.temperature)
 
     def _compute(self, model, dl):
         if not _is_distributed(): return self._prune(model, dl)
@@ -244,9 +247,10 @@ class ForceCallback(PruneAtInitCallback):
                  progress:bool=True, # show a `fastprogress` bar over the pruning steps
                  verbose:bool=True, # print the one-line summary
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step
+                 temperature:float|None=None, # divide the logits by this in the saliency loss; `None`: the method's default
                 ):
         super().__init__(sparsity, method, steps, mode, batches_per_step, bn_mode, loss_func, seed, layer_types,
-                         progress, verbose, on_step)
+                         progress, verbose, on_step, temperature)
 
 # %% ../nbs/04_callback.ipynb #cc7c4c6c
 @patch(as_prop=True)

@@ -223,7 +223,8 @@ def _callback_prune(cb, # a `PruneAtInitCallback`
         def loss_func(out, y): return lf(out, y).as_subclass(torch.Tensor)   # fastai's losses return a TensorBase
         return prune_at_init(model, repeat_batches(dl), cb.sparsity, cb.method, steps=cb.steps, mode=cb.mode,
                              batches_per_step=cb.batches_per_step, loss_func=loss_func, layer_types=cb.layer_types,
-                             bn_mode=cb.bn_mode, seed=cb.seed, progress=cb.progress, on_step=cb.on_step, invert=invert)
+                             bn_mode=cb.bn_mode, seed=cb.seed, progress=cb.progress, on_step=cb.on_step, invert=invert,
+                             temperature=cb.temperature)
     return prune
 
 def _ablated_prune(prune, # a callback's `_prune(model, dl)` returning the method's mask
@@ -266,10 +267,9 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
     cb = None
     if method != 'dense':
         loss_func = LOSSES[pf['loss'] or 'cross_entropy']
-        if pf['temperature'] not in (None, 1): loss_func = tempered_loss(loss_func or F.cross_entropy, pf['temperature'])
         cb = PruneAtInitCallback(sparsity, method, steps=pf['steps'], mode=pf['mode'] or 'exp',
                                  batches_per_step=pf['batches_per_step'] or 1, bn_mode=pf['bn_mode'] or _BN_DEFAULT,
-                                 loss_func=loss_func, seed=seed, progress=False, verbose=False)
+                                 loss_func=loss_func, seed=seed, progress=False, verbose=False, temperature=pf['temperature'])
         if ablation == 'invert': cb._prune = _callback_prune(cb, invert=True)   # before the class-balanced wrapper, which wraps it
         if pf['samples_per_class']:   # score class-balanced batches drawn from the training stream
             spc, n_classes, prune = pf['samples_per_class'], len(dls.vocab), cb._prune

@@ -309,3 +309,17 @@ def test_default_saliency_loss_follows_the_method(tmp_path):
         learn.fit(1, cbs=ShortEpochCallback(0))
         steps = 1 if method == 'snip' else 6
         assert learn.pruning_masks == prune_at_init(_net(), repeat_batches(dls.train), 0.95, method, steps=steps, loss_func=want_loss), method
+
+
+def test_temperature_reaches_prune_at_init(tmp_path):
+    "`temperature=` of the callback is `prune_at_init`'s: GRASP's default (200) unless told otherwise, and applied once."
+    dls = _dls(shuffle=False)
+    masks = {}
+    for t in (None, 1, 200):
+        learn = Learner(dls, _net(), loss_func=CrossEntropyLossFlat(), path=tmp_path,
+                        cbs=PruneAtInitCallback(0.9, 'grasp', temperature=t, progress=False, verbose=False))
+        learn.fit(1, cbs=ShortEpochCallback(0))
+        masks[t] = learn.pruning_masks
+        assert masks[t] == prune_at_init(_net(), repeat_batches(dls.train), 0.9, 'grasp', temperature=t, loss_func=F.cross_entropy), t
+    assert masks[None] == masks[200] and masks[1] != masks[200]
+    with pytest.raises(ValueError, match='temperature'): PruneAtInitCallback(0.9, 'grasp', temperature=0)
