@@ -212,13 +212,13 @@ class PruneAtInitCallback(KeepPrunedCallback):
         from fastai.callback.progress import ProgressCallback
         return any(isinstance(cb, ProgressCallback) for cb in self.learn.cbs)
 
-    def _prune(self, model, dl):
+    def _prune(self, model, dl, **kwargs):   # kwargs: more `prune_at_init` options (the sweep's ablations pass `invert=True`)
         lf = ifnone(self.loss_func, default_saliency_loss(self.learn.loss_func, self.method))
         def loss_func(out, y): return lf(out, y).as_subclass(Tensor)   # fastai's losses return a TensorBase
         return prune_at_init(model, repeat_batches(dl), self.sparsity, self.method, steps=self.steps, mode=self.mode,
                              batches_per_step=self.batches_per_step, loss_func=loss_func, layer_types=self.layer_types,
                              bn_mode=self.bn_mode, seed=self.seed, progress=self.progress and self._bars_on(), on_step=self.on_step,
-                             temperature=self.temperature)
+                             temperature=self.temperature, **kwargs)
 
     def _compute(self, model, dl):
         if not _is_distributed(): return self._prune(model, dl)

@@ -8,6 +8,7 @@ Docs: https://force-edu.github.io/force_edu/sweep.html.md"""
 from __future__ import annotations
 import fcntl, hashlib, inspect, json, math, numbers, os, random, time, warnings
 from collections import OrderedDict
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,7 @@ from fastprogress.fastprogress import master_bar, progress_bar
 
 from .masks import *
 from .sensitivity import check_bn_mode, raw_logit_nll
-from .methods import METHODS, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init, check_temperature, tempered_loss, BalancedBatches
+from .methods import METHODS, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init, check_temperature, BalancedBatches
 from .methods import repeat_batches
 from .sanity import ablate
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
@@ -216,16 +217,8 @@ ABLATION_SEED_OFFSET = 1_000_003   # the shuffle and the new weights of run `see
 def _callback_prune(cb, # a `PruneAtInitCallback`
                     invert:bool, # keep the k lowest scores (`prune_at_init(invert=True)`)
                    ):
-    "The callback's `_prune(model, dl)`, with `invert` (the callback has no such option)."
-    def prune(model, dl):
-        from force_edu.callback import default_saliency_loss   # here: the callback module imports fastai's Learner
-        lf = cb.loss_func if cb.loss_func is not None else default_saliency_loss(cb.learn.loss_func, cb.method)
-        def loss_func(out, y): return lf(out, y).as_subclass(torch.Tensor)   # fastai's losses return a TensorBase
-        return prune_at_init(model, repeat_batches(dl), cb.sparsity, cb.method, steps=cb.steps, mode=cb.mode,
-                             batches_per_step=cb.batches_per_step, loss_func=loss_func, layer_types=cb.layer_types,
-                             bn_mode=cb.bn_mode, seed=cb.seed, progress=cb.progress, on_step=cb.on_step, invert=invert,
-                             temperature=cb.temperature)
-    return prune
+    "The callback's own `_prune(model, dl)`, with `invert` passed on to `prune_at_init` (the callback has no such option)."
+    return partial(type(cb)._prune, cb, invert=invert)
 
 def _ablated_prune(prune, # a callback's `_prune(model, dl)` returning the method's mask
                    kind:str, # 'shuffle' or 'reinit'
