@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
+import fastprogress
 from fastprogress.fastprogress import progress_bar
 
 from .masks import *
@@ -259,9 +260,11 @@ class PruningJob:
         return None if flat_mask is None else self.loss.mask_list(flat_mask)
 
     def steps_range(self):
-        "The step indices, with a `fastprogress` bar when `progress`."
+        "The step indices, with a `fastprogress` bar when `progress` and fastprogress would show it (a notebook or a terminal, and not `NO_BAR`)."
         r = range(len(self.schedule))
-        return progress_bar(r, leave=False) if self.progress and len(r) > 1 else r
+        # fastprogress's console bar prints a probe character ('█\r') when it is created, even where it then draws nothing
+        # (output to a file or a pipe, `NO_BAR`): create it only where it is drawn
+        return progress_bar(r, leave=False) if self.progress and len(r) > 1 and fastprogress.fastprogress.printing() else r
 
     def step_done(self, t:int, c:Tensor):
         "Record step `t` and call `on_step(t, k_t, Masks)` if given."
@@ -298,7 +301,7 @@ register_method('snip_mb', iterative=False, default_steps=300,
                 summary='SNIP with the saliency averaged over steps x batches_per_step batches')(_snip)
 register_method('grasp', iterative=False, default_temperature=200, summary='one shot, keep the top-k of theta * Hg (eq. 4), logits / 200 as in its authors\' code')(_grasp)
 register_method('grasp_mb', iterative=False, default_steps=300, default_temperature=200,
-                summary='GRASP averaged over steps x batches_per_step batches')(_grasp)
+                summary='GRASP averaged over steps x batches_per_step batches')(_grasp);   # the semicolon: no echo of the registered function in the notebook
 
 # %% ../nbs/02_methods.ipynb #erk-smart-code
 def _job_seed(job): return int.from_bytes(os.urandom(7), 'little') if job.seed is None else job.seed   # leaves torch's global RNG alone

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.script import call_parse, CliError
+import fastprogress
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from .masks import *
@@ -497,7 +498,8 @@ class Sweep:
             f"{self.cfg['arch']} on {self.cfg['data']}, {self.m:,} prunable weights")
         old_threads = torch.get_num_threads()
         if threads: torch.set_num_threads(threads)
-        mb = master_bar(range(len(todo))) if progress and todo else None
+        # the bars only where fastprogress draws them (a notebook or a terminal): elsewhere its console bar prints a stray '█\r'
+        mb = master_bar(range(len(todo))) if progress and todo and fastprogress.fastprogress.printing() else None
         t0 = time.perf_counter()
         try:
             for i in (mb if mb is not None else range(len(todo))):

@@ -4,7 +4,7 @@
 - nbdev's processing step (`proc_nbs`, what `nbdev-proc-nbs` runs before Quarto) runs clean;
 - every `show_doc` target resolves in its notebook's module;
 - no saved cell output contains a traceback;
-- internal links between notebooks (and their `#anchors`) resolve.
+- (internal links and their `#anchors` are checked by `test_site.py`, with Quarto's own rule for anchors).
 """
 import os
 import ast, json, re, importlib, warnings
@@ -88,39 +88,6 @@ def test_show_doc_targets_resolve(nb):
     for t in targets:
         try: eval(t, ns)
         except Exception as e: pytest.fail(f"{nb.name}: show_doc({t}) does not resolve in force_edu.{mod}: {e!r}")
-
-
-def _slug(text):
-    text = re.sub(r'[`*_]', '', text.strip().lower())
-    text = re.sub(r'\$[^$]*\$', lambda m: m.group(0), text)
-    text = re.sub(r'[^\w\- ]', '', text)
-    return re.sub(r'\s+', '-', text).strip('-')
-
-
-def _anchors(nb):
-    out = set()
-    for c in _cells(nb):
-        if c['cell_type'] != 'markdown': continue
-        for line in ''.join(c['source']).splitlines():
-            m = re.match(r'^#{1,6}\s+(.*?)\s*(\{#([\w-]+)\})?\s*$', line)
-            if m: out.add(m.group(3) or _slug(m.group(1)))
-    return out
-
-
-def test_internal_links_resolve():
-    bad = []
-    for nb in _notebooks():
-        for c in _cells(nb):
-            if c['cell_type'] != 'markdown': continue
-            for target in re.findall(r'\]\(([^)\s]+)\)', ''.join(c['source'])):
-                if re.match(r'^[a-z]+://', target) or target.startswith(('mailto:', '#')): continue
-                path, _, anchor = target.partition('#')
-                if not path.endswith(('.ipynb', '.md', '.qmd')): continue
-                dest = (nb.parent / path).resolve()
-                if not dest.exists(): bad.append(f"{nb.relative_to(NBS)} -> {target} (no such file)")
-                elif anchor and dest.suffix == '.ipynb' and anchor not in _anchors(dest):
-                    bad.append(f"{nb.relative_to(NBS)} -> {target} (no such heading)")
-    assert not bad, f"broken internal links: {bad}"
 
 
 def _proc_nbs_warnings():
