@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/sweep.html.md"""
 
 # %% ../nbs/09_sweep.ipynb #3b529a79
 from __future__ import annotations
-import fcntl, hashlib, inspect, json, math, numbers, os, random, time, warnings
+import fcntl, hashlib, inspect, json, math, numbers, os, random, shlex, time, warnings
 from collections import OrderedDict
 from functools import partial
 from datetime import datetime, timezone
@@ -18,13 +18,13 @@ warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', c
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastcore.script import call_parse, CliError
+from fastcore.script import call_parse, CliError, anno_parser
 import fastprogress
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from .masks import *
 from .sensitivity import check_bn_mode, raw_logit_nll
-from .methods import METHODS, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init, check_temperature, BalancedBatches
+from .methods import METHODS, SALIENCY_LOSSES, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init, check_temperature, BalancedBatches
 from .methods import repeat_batches
 from .sanity import ablate
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
@@ -35,7 +35,7 @@ _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   #
 __all__ = ['ARCHS', 'TRAIN_FIELDS', 'PRUNE_FIELDS', 'SWEEP_ABLATIONS', 'LOSSES', 'ABLATION_SEED_OFFSET', 'kaiming_init',
            'small_vgg', 'BasicBlock', 'SmallResNet', 'small_resnet', 'make_model', 'arch_channels', 'sweep_dls',
            'pruning_fields', 'run_key', 'train_run', 'atomic_write_text', 'load_results', 'save_results',
-           'append_result', 'Sweep', 'run_sweep', 'sweep']
+           'append_result', 'Sweep', 'run_sweep', 'sweep', 'run_sweep_command']
 
 # %% ../nbs/09_sweep.ipynb #fa83ce3a
 def kaiming_init(model:nn.Module, # the network, initialised in place
@@ -167,7 +167,7 @@ TRAIN_FIELDS = ('data', 'arch', 'width', 'n_train', 'n_valid', 'size', 'bs', 'ep
 PRUNE_FIELDS = ('steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature', 'samples_per_class')   # configuration of the pruning, where the method uses it
 _KEY_DEFAULTS = {'temperature': 1., 'samples_per_class': None, 'ablation': 'none'}   # fields added later: left out of `run_key` at these values, so older records keep their key
 SWEEP_ABLATIONS = ('none', 'shuffle', 'reinit', 'invert')   # the method's own mask, and Frankle et al.'s three sanity checks of it
-LOSSES = {'cross_entropy': F.cross_entropy, 'raw_nll': raw_logit_nll}   # saliency losses: the training loss (the paper's L), or the official code's NLL of raw logits
+LOSSES = SALIENCY_LOSSES   # the sweep's `--loss` values: `prune_at_init`'s saliency losses (the paper's L, cross-entropy, or the official code's NLL of raw logits)
 
 def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
                    cfg:dict, # a sweep configuration holding `PRUNE_FIELDS`
@@ -581,3 +581,15 @@ def sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CI
     except KeyboardInterrupt: return 130
     print(f"results: {sw.results_path}\nfigure:  {sw.figure_path}")
     return 0
+
+# %% ../nbs/09_sweep.ipynb #baf65765
+def run_sweep_command(cmd:str, # a command line as a user types it: 'force-edu sweep --data ... --methods ...'
+                     ) -> float:
+    "Run `cmd` in this process, its options parsed as the `force-edu sweep` console script parses them; return its wall time in seconds."
+    words = shlex.split(cmd) if isinstance(cmd, str) else []
+    if words[:2] != ['force-edu', 'sweep']: raise ValueError(f"expected a command line starting with 'force-edu sweep', got {cmd!r}")
+    args = vars(anno_parser(sweep.__wrapped__, prog='force-edu sweep').parse_args(words[2:]))
+    for k in ('pdb', 'xtra'): args.pop(k, None)   # fastcore's own options, not the sweep's
+    t0 = time.perf_counter()
+    if sweep.__wrapped__(**args) != 0: raise RuntimeError(f"the sweep did not finish: {cmd}")
+    return time.perf_counter() - t0
