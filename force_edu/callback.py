@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/callback.html.md"""
 
 # %% ../nbs/04_callback.ipynb #5b781686
 from __future__ import annotations
-import inspect, math, os, sys, time, tempfile, warnings
+import inspect, math, os, random, sys, time, tempfile, warnings
 from pathlib import Path
 from collections.abc import Callable
 
@@ -63,14 +63,13 @@ def _is_distributed():
 
 def broadcast_masks(masks:Masks|None, # the mask on rank `src` (ignored elsewhere; `None` on `src` means it failed)
                     model:nn.Module, # this rank's model, to know the layers and shapes
-                    layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
+                    layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
                     src:int=0, # the rank that computed `masks`
                     group=None, # the `torch.distributed` process group (`None`: the default group)
                    ) -> Masks:
     "Every rank returns rank `src`'s `masks`, sent with `torch.distributed.broadcast` as a flat uint8 vector."
     import torch.distributed as dist
-    layers = prunable_layers(get_model(model), layer_types)
-    shapes = {n: getattr(l, 'weight_orig', l.weight).shape for n, l in layers.items()}   # `weight_orig`: pruned by an earlier version
+    shapes = {k: weight_of(h).shape for k, h in prunable_weights(get_model(model), layer_types).items()}
     m = sum(math.prod(s) for s in shapes.values())
     dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend(group) == 'nccl' else torch.device('cpu')
     rank = dist.get_rank(group)
@@ -119,6 +118,7 @@ class KeepPrunedCallback(Callback):
 
 SHORT_EPOCHS = 3   # fewer epochs than this after pruning to >= 95% sparsity: the callback says what to expect
 
+@document_parameters
 class PruneAtInitCallback(KeepPrunedCallback):
     "Prune `learn.model` at the first `before_fit` with `prune_at_init`; every later fit keeps the same mask."
     order = -5   # after TrainEvalCallback (-10) moved the model; before MixedPrecision (10), DistributedTrainer (11), LRFinder (60)
@@ -131,7 +131,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
                  bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' (batch statistics) or 'eval'; `prune_at_init`'s default
                  loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: `default_saliency_loss(learn.loss_func, method)`
                  seed:int|None=None, # seed of the random method
-                 layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
+                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
                  progress:bool=True, # show a `fastprogress` bar over the pruning steps
                  verbose:bool=True, # print the one-line summary (on rank 0 only)
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each pruning step (may raise to interrupt)
@@ -215,10 +215,19 @@ class PruneAtInitCallback(KeepPrunedCallback):
     def _prune(self, model, dl, **kwargs):   # kwargs: more `prune_at_init` options (the sweep's ablations pass `invert=True`)
         lf = ifnone(self.loss_func, default_saliency_loss(self.learn.loss_func, self.method))
         def loss_func(out, y): return lf(out, y).as_subclass(Tensor)   # fastai's losses return a TensorBase
-        return prune_at_init(model, repeat_batches(dl), self.sparsity, self.method, steps=self.steps, mode=self.mode,
+        batches = repeat_batches(dl) if get_method(self.method).uses_data else self._probe(dl)
+        return prune_at_init(model, batches, self.sparsity, self.method, steps=self.steps, mode=self.mode,
                              batches_per_step=self.batches_per_step, loss_func=loss_func, layer_types=self.layer_types,
                              bn_mode=self.bn_mode, seed=self.seed, progress=self.progress and self._bars_on(), on_step=self.on_step,
                              temperature=self.temperature, **kwargs)
+
+    def _probe(self, dl):
+        "For a data-free method: one validation batch in a list, which `prune_at_init` checks the mask with (`Masks.connected`) without consuming anything; the training batches and every random state stay as they were."
+        state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]): return [self.learn.dls.valid.one_batch()]
+        except (AttributeError, IndexError, StopIteration, ValueError, TypeError): return repeat_batches(dl)   # no validation batch
+        finally: random.setstate(state)
 
     def _compute(self, model, dl):
         if not _is_distributed(): return self._prune(model, dl)
@@ -232,6 +241,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
             if err is not None: raise err
             raise
 
+@document_parameters
 class ForceCallback(PruneAtInitCallback):
     "FORCE (Algorithm 1): progressive pruning at initialization, pruned weights may come back, `steps` exponential steps by default."
     def __init__(self,
@@ -243,7 +253,7 @@ class ForceCallback(PruneAtInitCallback):
                  bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' or 'eval'; `prune_at_init`'s default
                  loss_func:Callable|None=None, # saliency loss; `None`: `default_saliency_loss(learn.loss_func, method)`
                  seed:int|None=None, # seed of the random method (FORCE itself is deterministic given the batches)
-                 layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
+                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
                  progress:bool=True, # show a `fastprogress` bar over the pruning steps
                  verbose:bool=True, # print the one-line summary
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step

@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/masks.html.md"""
 
 # %% ../nbs/00_masks.ipynb #55a6b287
 from __future__ import annotations
-import math, numbers, pickle
+import inspect, math, numbers, pickle, weakref
 from pathlib import Path
 from collections.abc import Mapping
 
@@ -14,26 +14,124 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune   # only to read and convert models pruned by earlier versions
+from torch.utils.weak import WeakIdKeyDictionary
+
 
 # %% auto #0
-__all__ = ['PRUNABLE_TYPES', 'prunable_layers', 'check_sparsity', 'n_kept', 'topk_mask', 'Masks', 'masks_from_scores',
-           'is_pruned', 'zero_pruned_grads', 'zero_pruned_weights', 'keep_pruned']
+__all__ = ['PRUNABLE_TYPES', 'WEIGHT_GROUPS', 'document_parameters', 'weight_key', 'holders', 'prunable_weights',
+           'prunable_layers', 'weight_of', 'n_parameters', 'check_sparsity', 'n_kept', 'topk_mask', 'Masks',
+           'masks_from_scores', 'is_pruned', 'zero_pruned_grads', 'zero_pruned_weights', 'keep_pruned']
+
+# %% ../nbs/00_masks.ipynb #doc-params
+def document_parameters(f, # a function or class whose parameters carry docments
+                       ):
+    "Append a 'Parameters' section built from `f`'s docments (the comment after each parameter) to its docstring, so `help(f)` lists every parameter with its meaning and default; `show_doc` leaves the section out, its table says the same."
+    from fastcore.docments import docments, _type_str
+    try: d = docments(f.__init__ if isinstance(f, type) else f, full=True)
+    except (OSError, TypeError): return f   # no source to read (e.g. defined in a console): the docstring stays as it is
+    rows = []
+    for n, v in d.items():
+        if n in ('return', 'self') or v['anno'] is inspect.Parameter.empty and v['docment'] is None: continue
+        default = '' if v['default'] is inspect.Parameter.empty else f" (default: {v['default']!r})"
+        rows += [f"{n}: {_type_str(v['anno'])}", f"    {v['docment'] or ''}{default}"]
+    if rows: f.__doc__ = (f.__doc__ or '').rstrip() + "\n\nParameters\n----------\n" + '\n'.join(rows)
+    return f
+
 
 # %% ../nbs/00_masks.ipynb #497a148a
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)  # the paper's prunable layers (Appendix A)
+WEIGHT_GROUPS = {'attention': (nn.MultiheadAttention,), # `in_proj_weight` (or q/k/v) and `out_proj.weight`
+                 'recurrent': (nn.RNNBase,), # `weight_ih_l*`, `weight_hh_l*` (and `weight_hr_l*`) of RNN, LSTM, GRU
+                 'embedding': (nn.Embedding, nn.EmbeddingBag)} # the embedding table `weight`
+
+def _selected(layer_types) -> tuple:
+    "`layer_types` as a tuple of module classes: each entry a class, or a name of `WEIGHT_GROUPS`."
+    items = [layer_types] if isinstance(layer_types, (str, type)) or not hasattr(layer_types, '__iter__') else list(layer_types)
+    out = []
+    for t in items:
+        if isinstance(t, str) and t in WEIGHT_GROUPS: out += WEIGHT_GROUPS[t]
+        elif isinstance(t, type) and issubclass(t, nn.Module): out.append(t)
+        else: raise ValueError(f"layer_types takes module classes and the names {', '.join(map(repr, WEIGHT_GROUPS))}, "
+                               f"got {t!r}; e.g. `layer_types=PRUNABLE_TYPES + ('attention',)`")
+    return tuple(out)
+
+def _weight_attrs(mod:nn.Module, types:tuple) -> list[str]:
+    "The attributes of `mod` that `types` make prunable: its recurrent or attention weights, or its `weight`."
+    if isinstance(mod, nn.RNNBase): return [a for a in mod._flat_weights_names if a.startswith('weight_')] if isinstance(mod, types) else []
+    if isinstance(mod, nn.MultiheadAttention):
+        if not isinstance(mod, types): return []
+        return ['in_proj_weight'] if mod.in_proj_weight is not None else ['q_proj_weight', 'k_proj_weight', 'v_proj_weight']
+    return ['weight'] if isinstance(mod, types) and isinstance(getattr(mod, 'weight', None), Tensor) else []
+
+
+# %% ../nbs/00_masks.ipynb #prunable-weights
+def weight_key(module_name:str, # the qualified name of a module holding the weight
+               attr:str, # the attribute that holds it, e.g. 'weight' or 'weight_hh_l0'
+              ) -> str:
+    "The name of a weight in `Masks`: the module's name for its `weight` (the paper's layers), else `'module.attr'`."
+    return module_name if attr == 'weight' else f"{module_name}.{attr}".lstrip('.')
+
+def holders(model:nn.Module, # any network
+           ) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    "Every `(module name, module, attribute)` that holds each parameter of `model`, keyed by the parameter's `id`."
+    out = {}
+    for n, mod in model.named_modules(remove_duplicate=False):
+        for a, p in mod._parameters.items():
+            if a == 'weight_orig': a = 'weight'   # pruned by `torch.nn.utils.prune` (an earlier version of this package)
+            if p is not None and (n, a) not in [(h[0], h[2]) for h in out.get(id(p), [])]: out.setdefault(id(p), []).append((n, mod, a))
+    return out
+
+def prunable_weights(model:nn.Module, # the network whose weights may be pruned
+                     layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
+                    ) -> dict[str, list[tuple[str, nn.Module, str]]]:
+    "The prunable weights of `model`, each once (a tied or shared one too): key -> every `(module name, module, attribute)` holding it."
+    types, out, seen = _selected(layer_types), {}, set()
+    owners = holders(model)
+    attention_out = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    for n, mod in model.named_modules():
+        attrs = _weight_attrs(mod, types) if id(mod) not in attention_out else []   # `out_proj`: with its attention
+        if isinstance(mod, nn.MultiheadAttention) and attrs: attrs.append('out_proj.weight')
+        for a in attrs:
+            m2, a2 = (mod.out_proj, 'weight') if a == 'out_proj.weight' else (mod, a)
+            p = m2._parameters.get('weight_orig' if a2 == 'weight' and 'weight_orig' in m2._parameters else a2)
+            if p is None or id(p) in seen: continue
+            seen.add(id(p))
+            hs = owners[id(p)]
+            out[weight_key(hs[0][0], hs[0][2])] = hs   # named after its first holder, as `named_parameters` names it
+    if not out: raise ValueError(_none_prunable(model, types))
+    order = {n: i for i, (n, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    return dict(sorted(out.items(), key=lambda kv: order[kv[1][0][0]]))   # in the order of each weight's first holder
+
+
+# %% ../nbs/00_masks.ipynb #prunable-helpers
+def _none_prunable(model, types) -> str:
+    "The error for a model without a selected weight: what it does have, and the `layer_types` that would prune it."
+    groups = {g for g, ts in WEIGHT_GROUPS.items() for m in model.modules() if isinstance(m, ts)}
+    kinds = sorted({type(m).__name__ for m in model.modules() if _weight_attrs(m, (nn.Module,))} - {'Module'})
+    sel = ', '.join(t.__name__ for t in types) or 'none'
+    if groups: fix = f"pass `layer_types=PRUNABLE_TYPES + {tuple(sorted(groups))}` to prune its {' and '.join(sorted(groups))} weights"
+    elif kinds: fix = f"pass `layer_types=` with the classes to prune, e.g. `layer_types=({kinds[0]},)`"
+    else: fix = "it has no weight to prune"
+    return (f"{type(model).__name__} has no prunable layer of the selected kinds ({sel}); its weights are in "
+            f"{', '.join(kinds) or 'no module'}: {fix}")
 
 def prunable_layers(model:nn.Module, # the network whose weights may be pruned
-                    layer_types=PRUNABLE_TYPES, # module classes whose `weight` is prunable
+                    layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
                    ) -> dict[str, nn.Module]:
-    "The modules of `model` whose `weight` is prunable, keyed by qualified name, in `named_modules` order."
-    layer_types = tuple(layer_types)
-    layers = {n: m for n, m in model.named_modules()
-              if isinstance(m, layer_types) and isinstance(getattr(m, 'weight', None), Tensor)}
-    if not layers:
-        names = ', '.join(t.__name__ for t in layer_types) or 'none'
-        raise ValueError(f"{type(model).__name__} has no prunable layer (no module of type {names} with a weight); "
-                         f"pass `layer_types=` naming the layer classes to prune.")
-    return layers
+    "The first module holding each prunable weight, keyed as in `Masks`; with the default `layer_types`, the layers whose `weight` is pruned."
+    return {k: hs[0][1] for k, hs in prunable_weights(model, layer_types).items()}
+
+def weight_of(holder:list, # a value of `prunable_weights`: the (module name, module, attribute) holding one weight
+             ) -> Tensor:
+    "The weight tensor that the holders (a value of `prunable_weights`) share."
+    n, mod, a = holder[0]
+    return mod._parameters['weight_orig'] if a == 'weight' and 'weight_orig' in mod._parameters else getattr(mod, a)
+
+def n_parameters(model:nn.Module, # any network
+                ) -> int:
+    "The number of distinct parameters of `model` (a tied or shared tensor counted once)."
+    return sum(p.numel() for p in model.parameters())
+
 
 # %% ../nbs/00_masks.ipynb #744c35ce
 def check_sparsity(sparsity:float, # fraction of prunable weights to remove, in [0, 1)
@@ -84,7 +182,7 @@ def topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor
     if k == m: keep[:] = True
     elif k > 0:
         s = s.double()   # exact for float32, half, bool and integers < 2**53
-        if torch.isnan(s).any(): raise ValueError("saliency scores contain NaN; check the loss and the data")
+        if torch.isnan(s).any(): raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: BatchNorm in train mode over one value per channel (use a larger batch or `bn_mode='eval'`), or a second derivative through zero padding (use larger inputs)")
         if allowed is not None: s = s.masked_fill(~allowed, -math.inf)
         keep[torch.sort(s, descending=True, stable=True).indices[:k]] = True   # equal scores stay in index order
     return keep if out is None else out.view(-1).copy_(keep)
@@ -109,10 +207,13 @@ def _as_mask(name:str, c) -> Tensor:
 class Masks(Mapping):
     "One boolean mask per prunable layer (the paper's $c$, split by layer), keyed by the layer's qualified name."
     def __init__(self,
-                 masks:Mapping[str, Tensor], # layer name -> boolean (or 0/1) tensor shaped like that layer's weight
+                 masks:Mapping[str, Tensor], # weight name (see `weight_key`) -> boolean (or 0/1) tensor shaped like that weight
                 ):
         if not masks: raise ValueError("Masks needs at least one layer")
         self.masks = {str(n): _as_mask(str(n), c) for n, c in masks.items()}
+        # facts `prune_at_init` records (`None`: not known): the model's number of parameters, whether its output still
+        # depends on its input through the kept weights, the share of kept weights whose saliency was exactly 0
+        self.model_params, self.connected, self.zero_score_share = None, None, None
 
     def __getitem__(self, name): return self.masks[name]
     def __iter__(self): return iter(self.masks)
@@ -125,7 +226,9 @@ class Masks(Mapping):
     @classmethod
     def ones_like(cls, model:nn.Module, layer_types=PRUNABLE_TYPES) -> Masks:
         "The dense mask $c = 1$ for `model`."
-        return cls({n: torch.ones_like(l.weight, dtype=torch.bool) for n, l in prunable_layers(model, layer_types).items()})
+        c = cls({k: torch.ones_like(weight_of(h), dtype=torch.bool) for k, h in prunable_weights(model, layer_types).items()})
+        c.model_params = n_parameters(model)
+        return c
 
     @classmethod
     def from_flat(cls, flat:Tensor, shapes:Mapping[str, torch.Size]) -> Masks:
@@ -144,12 +247,12 @@ class Masks(Mapping):
     @property
     def total(self) -> int: return sum(c.numel() for c in self.masks.values())
     @property
-    def kept(self) -> int: return sum(int(c.sum()) for c in self.masks.values())
+    def kept(self) -> int: return sum(int(torch.count_nonzero(c)) for c in self.masks.values())
     @property
     def density(self) -> float: return self.kept / self.total
     @property
     def sparsity(self) -> float: return 1 - self.density
-    def layer_kept(self) -> dict[str, int]: return {n: int(c.sum()) for n, c in self.masks.items()}
+    def layer_kept(self) -> dict[str, int]: return {n: int(torch.count_nonzero(c)) for n, c in self.masks.items()}
     def layer_density(self) -> dict[str, float]: return {n: int(c.sum()) / c.numel() for n, c in self.masks.items()}
     @property
     def dead_layers(self) -> list[str]:
@@ -168,12 +271,18 @@ class Masks(Mapping):
         return pd.DataFrame([dict(layer=n, shape=_fmt_shape(c.shape), kept=int(c.sum()), total=c.numel(),
                                   density=int(c.sum()) / c.numel()) for n, c in self.masks.items()]).set_index('layer')
 
+    @property
+    def coverage(self) -> float|None:
+        "The share of the model's parameters that the mask covers (`None` when the model is not known)."
+        return self.total / self.model_params if self.model_params else None
+
     def summary(self) -> str:
-        "One line: layers, weights kept, density, sparsity, dead layers."
-        dead = self.dead_layers
+        "One line: layers, weights kept, density, sparsity, dead layers, and the share of the model the mask covers."
+        dead, cov = self.dead_layers, self.coverage
         return (f"{len(self)} prunable layers, {self.kept:,} of {self.total:,} weights kept "
                 f"(density {self.density:.4%}, sparsity {self.sparsity:.4%}), "
-                f"{len(dead)} dead layer{'s' * (len(dead) != 1)}" + (f": {', '.join(dead)}" if dead else ""))
+                f"{len(dead)} dead layer{'s' * (len(dead) != 1)}" + (f": {', '.join(dead)}" if dead else "")
+                + (f"; the prunable weights are {cov:.2%} of the model's {self.model_params:,} parameters" if cov else ""))
 
     def __repr__(self):
         w = max([len('layer')] + [len(n) for n in self])
@@ -215,22 +324,12 @@ Masks.save = _save
 Masks.load = classmethod(_load)
 
 # %% ../nbs/00_masks.ipynb #de9a5140
-_KEEP = 'weight_keep'   # the non-persistent boolean buffer a pruned module carries: its mask (True: kept)
+_KEEP = 'weight_keep'   # the non-persistent boolean buffer a pruned `weight` has beside it: its mask (True: kept)
+def _keep_name(attr:str) -> str: return _KEEP if attr == 'weight' else f"{attr}_keep"   # e.g. 'in_proj_weight_keep'
 
-def _check_fits(self:Masks, model:nn.Module):
-    "Raise a `ValueError` naming every layer of `self` that `model` lacks or that has another shape."
-    problems = []
-    modules = dict(model.named_modules())
-    for n, c in self.masks.items():
-        mod = modules.get(n)
-        w = None if mod is None else getattr(mod, 'weight_orig', getattr(mod, 'weight', None))
-        if mod is None: problems.append(f"no layer named {n!r}")
-        elif not isinstance(w, Tensor): problems.append(f"layer {n!r} has no weight")
-        elif tuple(w.shape) != tuple(c.shape):
-            problems.append(f"layer {n!r}: mask {_fmt_shape(c.shape)} vs weight {_fmt_shape(w.shape)}")
-    if problems:
-        raise ValueError(f"these masks do not fit {type(model).__name__} ({'; '.join(problems[:5])}"
-                         f"{'; ...' if len(problems) > 5 else ''}); were they computed for another architecture?")
+def _masked_attrs(mod:nn.Module) -> list[str]:
+    "The parameters of `mod` that carry a mask: a boolean `<attr>_keep` buffer beside parameter `attr`."
+    return [b[:-5] for b, t in mod._buffers.items() if b.endswith('_keep') and isinstance(t, Tensor) and b[:-5] in mod._parameters]
 
 def _is_legacy(module) -> bool:
     "Pruned by `torch.nn.utils.prune` (`weight_orig` x `weight_mask`), e.g. by force_edu before issue 17 or by hand."
@@ -238,23 +337,23 @@ def _is_legacy(module) -> bool:
 
 def is_pruned(module:nn.Module, # any module, e.g. a value of `prunable_layers(model)`
              ) -> bool:
-    "Whether `module` carries a mask: the `weight_keep` buffer of `Masks.apply`, or `torch.nn.utils.prune`'s `weight_mask`."
-    return isinstance(getattr(module, '_buffers', {}).get(_KEEP), Tensor) or _is_legacy(module)
+    "Whether `module` carries a mask: a `weight_keep` (or `<attr>_keep`) buffer of `Masks.apply`, or `torch.nn.utils.prune`'s `weight_mask`."
+    return bool(_masked_attrs(module)) or _is_legacy(module)
 
-def _kept_index(mod:nn.Module) -> Tensor:
-    "The flat indices of the kept entries of `mod`'s mask, computed once per mask tensor (a new one after `.to(device)`)."
-    keep, cached = mod._buffers[_KEEP], mod.__dict__.get('_keep_index')
-    if cached is None or cached[0] is not keep:
-        cached = mod.__dict__['_keep_index'] = (keep, keep.reshape(-1).nonzero().squeeze(1))
+def _kept_index(mod:nn.Module, attr:str='weight') -> Tensor:
+    "The flat indices of the kept entries of `mod`'s mask of `attr`, computed once per mask tensor (a new one after `.to(device)`)."
+    keep, cache = mod._buffers[_keep_name(attr)], mod.__dict__.setdefault('_keep_index', {})
+    cached = cache.get(attr)
+    if cached is None or cached[0] is not keep: cached = cache[attr] = (keep, keep.reshape(-1).nonzero().squeeze(1))
     return cached[1]
 
 @torch.no_grad()
-def _zero_pruned_(t:Tensor|None, mod:nn.Module):
-    "Set the entries of `t` (`mod`'s weight or its gradient) that `mod`'s mask prunes to exactly 0, in place, NaN and inf included."
+def _zero_pruned_(t:Tensor|None, mod:nn.Module, attr:str='weight'):
+    "Set the entries of `t` (`mod`'s parameter `attr` or its gradient) that its mask prunes to exactly 0, in place, NaN and inf included."
     if t is None: return
-    idx = _kept_index(mod)
+    idx = _kept_index(mod, attr)
     if not t.is_contiguous() or idx.device != t.device:   # e.g. channels_last: the mask, read in the weight's own order
-        t.masked_fill_(~mod._buffers[_KEEP].to(t.device), 0)
+        t.masked_fill_(~mod._buffers[_keep_name(attr)].to(t.device), 0)
         return
     flat = t.view(-1)
     if idx.numel() == flat.numel(): return   # a dense layer
@@ -263,23 +362,74 @@ def _zero_pruned_(t:Tensor|None, mod:nn.Module):
     flat.index_copy_(0, idx, kept)
 
 def _masked_modules(model:nn.Module):
-    return [m for m in model.modules() if isinstance(m._buffers.get(_KEEP), Tensor)]
+    return [m for m in model.modules() if _masked_attrs(m)]
 
 def zero_pruned_grads(model:nn.Module, # a model pruned by `Masks.apply`
                      ) -> nn.Module:
-    "Set the gradient of every pruned weight of `model` to exactly 0, in place (layers without a gradient are skipped)."
-    for m in _masked_modules(model): _zero_pruned_(m.weight.grad, m)
+    "Set the gradient of every pruned weight of `model` to exactly 0, in place (weights without a gradient are skipped)."
+    for m in _masked_modules(model):
+        for a in _masked_attrs(m): _zero_pruned_(getattr(m, a).grad, m, a)
     return model
 
 def zero_pruned_weights(model:nn.Module, # a model pruned by `Masks.apply`
                        ) -> nn.Module:
     "Set every pruned weight of `model` to exactly 0, in place."
-    for m in _masked_modules(model): _zero_pruned_(m.weight, m)
+    for m in _masked_modules(model):
+        for a in _masked_attrs(m): _zero_pruned_(getattr(m, a), m, a)
     return model
+
+
+# %% ../nbs/00_masks.ipynb #grad-hooks
+_GRAD_HOOKS = WeakIdKeyDictionary()   # parameter -> handle of its gradient-mask hook (never pickled or deep-copied)
+
+class _GradMask:
+    "Tensor hook of a pruned parameter: its gradient with the pruned entries set to 0 (the mask is read at each call)."
+    def __init__(self, mod:nn.Module, attr:str): self.mod, self.attr = weakref.ref(mod), attr
+    def __call__(self, g):
+        mod = self.mod()
+        keep = None if mod is None else mod._buffers.get(_keep_name(self.attr))
+        return g if keep is None else g.masked_fill(~keep.to(g.device), 0)
+
+def _hook_grad(mod:nn.Module, attr:str):
+    "Give parameter `attr` of `mod` its gradient mask, once (a frozen parameter gets it when it next requires a gradient)."
+    p = mod._parameters[attr]
+    if p.requires_grad and p not in _GRAD_HOOKS: _GRAD_HOOKS[p] = p.register_hook(_GradMask(mod, attr))
+
+def _mask_grads(mod:nn.Module, args):
+    "Forward pre-hook of a pruned module: its pruned parameters carry the gradient mask, again after `deepcopy` or unpickling."
+    if torch.compiler.is_compiling(): return   # the hooks were registered eagerly, by `Masks.apply`
+    for a in _masked_attrs(mod): _hook_grad(mod, a)
 
 def _zero_after_load(module, incompatible_keys):
     "`load_state_dict` post-hook of a pruned layer: weights loaded from a dense checkpoint are pruned by the layer's mask."
-    if isinstance(module._buffers.get(_KEEP), Tensor): _zero_pruned_(module.weight, module)
+    for a in _masked_attrs(module): _zero_pruned_(getattr(module, a), module, a)
+
+def _add_hook(hooks:dict, hook, register):
+    if not any(h is hook for h in hooks.values()): register(hook)
+
+def _drop_hook(hooks:dict, hook):
+    for k in [k for k, h in hooks.items() if h is hook]: del hooks[k]
+
+
+# %% ../nbs/00_masks.ipynb #fit-masks
+def _holders_of(masks:Masks, model:nn.Module) -> dict[str, list]:
+    "For each weight of `masks`, its holders in `model` (see `holders`); a `ValueError` naming each one that does not fit."
+    modules, owners, out, problems = dict(model.named_modules()), holders(model), {}, []
+    for k, c in masks.items():
+        n, a = (k, 'weight') if k in modules and {'weight', 'weight_orig'} & set(modules[k]._parameters) else k.rpartition('.')[::2]
+        mod = modules.get(n)
+        p = None if mod is None else mod._parameters.get('weight_orig' if a == 'weight' and _is_legacy(mod) else a)
+        if p is None: problems.append(f"no layer named {k!r}")
+        elif tuple(p.shape) != tuple(c.shape): problems.append(f"layer {k!r}: mask {_fmt_shape(c.shape)} vs weight {_fmt_shape(p.shape)}")
+        else: out[k] = owners[id(p)]
+    if problems:
+        raise ValueError(f"these masks do not fit {type(model).__name__} ({'; '.join(problems[:5])}"
+                         f"{'; ...' if len(problems) > 5 else ''}); were they computed for another architecture?")
+    return out
+
+def _check_fits(self:Masks, model:nn.Module):
+    "Raise a `ValueError` naming every weight of `self` that `model` lacks or that has another shape."
+    _holders_of(self, model)
 
 def _in_place_of(mod:nn.Module, old:str, new:str, order:list):
     "Move parameter `new` of `mod` to where `old` was in `order` (its parameter names before the change)."
@@ -295,60 +445,75 @@ def _unprune_legacy(mod:nn.Module):
     prune.remove(mod, 'weight')
     _in_place_of(mod, 'weight_orig', 'weight', order)   # optimizers index their state by position
 
-def _current_mask(mod:nn.Module) -> Tensor:
-    return (mod.weight_mask if _is_legacy(mod) else mod._buffers[_KEEP]).detach().bool().cpu()
+def _current_mask(mod:nn.Module, attr:str='weight') -> Tensor:
+    return (mod.weight_mask if attr == 'weight' and _is_legacy(mod) else mod._buffers[_keep_name(attr)]).detach().bool().cpu()
 
+
+# %% ../nbs/00_masks.ipynb #apply-masks
 def _apply(self:Masks, model:nn.Module, # the model to prune in place
           ) -> nn.Module:
-    "Prune `model` in place: pruned weights become exactly 0 in the same plain `Parameter`s, and each layer keeps its mask as a `weight_keep` buffer (not in the state dict)."
-    self.check(model)
-    modules = dict(model.named_modules())
-    for n, c in self.masks.items():
-        mod = modules[n]
-        if is_pruned(mod) and not torch.equal(_current_mask(mod), c):
-            raise ValueError(f"layer {n!r} already carries a different pruning mask; call `Masks.remove(model)` first")
-    for n, c in self.masks.items():
-        mod = modules[n]
-        if _is_legacy(mod): _unprune_legacy(mod)   # a model pruned by force_edu before issue 17: plain weights from now on
-        if not is_pruned(mod):
-            mod.register_buffer(_KEEP, c.to(mod.weight.device), persistent=False)
-            mod.register_load_state_dict_post_hook(_zero_after_load)
-        _zero_pruned_(mod.weight, mod)
-        _zero_pruned_(mod.weight.grad, mod)
+    "Prune `model` in place: pruned weights become exactly 0 in the same plain `Parameter`s and their gradients are masked, so any optimizer keeps them 0; each layer keeps its mask as a `weight_keep` buffer (not in the state dict)."
+    hs = _holders_of(self, model)
+    for k, c in self.masks.items():
+        for n, mod, a in hs[k]:
+            if (a in _masked_attrs(mod) or (a == 'weight' and _is_legacy(mod))) and not torch.equal(_current_mask(mod, a), c):
+                raise ValueError(f"layer {k!r} already carries a different pruning mask; call `Masks.remove(model)` first")
+    for k, c in self.masks.items():
+        for n, mod, a in hs[k]:   # every module holding the weight (a tied or shared one has several) carries the mask
+            if a == 'weight' and _is_legacy(mod): _unprune_legacy(mod)   # pruned by force_edu before issue 17: plain weights now
+            if a not in _masked_attrs(mod):
+                mod.register_buffer(_keep_name(a), c.to(getattr(mod, a).device), persistent=False)
+                _add_hook(mod._load_state_dict_post_hooks, _zero_after_load, mod.register_load_state_dict_post_hook)
+                _add_hook(mod._forward_pre_hooks, _mask_grads, mod.register_forward_pre_hook)
+        n, mod, a = hs[k][0]
+        _zero_pruned_(getattr(mod, a), mod, a)
+        _zero_pruned_(getattr(mod, a).grad, mod, a)
+        _hook_grad(mod, a)
     return model
 
 def _remove(self:Masks, model:nn.Module, # a model pruned with `Masks.apply`
            ) -> nn.Module:
-    "Make the pruning permanent: the layers forget their masks; the weights keep their zeros (in the same `Parameter`s)."
-    self.check(model)
-    modules = dict(model.named_modules())
-    for n in self.masks:
-        mod = modules[n]
-        if _is_legacy(mod): _unprune_legacy(mod)
-        if not is_pruned(mod): continue
-        _zero_pruned_(mod.weight, mod)
-        del mod._buffers[_KEEP]
-        mod.__dict__.pop('_keep_index', None)
-        for k in [k for k, h in mod._load_state_dict_post_hooks.items() if h is _zero_after_load]:
-            del mod._load_state_dict_post_hooks[k]
+    "Make the pruning permanent: the layers forget their masks and hooks; the weights keep their zeros (in the same `Parameter`s)."
+    for k, hs in _holders_of(self, model).items():
+        for n, mod, a in hs:
+            if a == 'weight' and _is_legacy(mod): _unprune_legacy(mod)
+            if a not in _masked_attrs(mod): continue
+            _zero_pruned_(getattr(mod, a), mod, a)
+            handle = _GRAD_HOOKS.pop(mod._parameters[a], None)
+            if handle is not None: handle.remove()
+            del mod._buffers[_keep_name(a)]
+            mod.__dict__.get('_keep_index', {}).pop(a, None)
+            if not _masked_attrs(mod):
+                _drop_hook(mod._load_state_dict_post_hooks, _zero_after_load)
+                _drop_hook(mod._forward_pre_hooks, _mask_grads)
     return model
 
 def _from_model(cls, model:nn.Module, # a pruned model (by `Masks.apply`, a pruning callback, or `torch.nn.utils.prune`)
                ) -> Masks:
-    "Read back the masks a pruned model carries (e.g. after `load_learner`)."
-    ms = {n: _current_mask(m) for n, m in model.named_modules() if is_pruned(m)}
+    "Read back the masks a pruned model carries (e.g. after `load_learner`), each shared weight once."
+    ms, owners = {}, holders(model)
+    for n, mod in model.named_modules():
+        for a in _masked_attrs(mod) + (['weight'] if _is_legacy(mod) else []):
+            p = mod._parameters['weight_orig' if a == 'weight' and _is_legacy(mod) else a]
+            n0, _, a0 = owners[id(p)][0]
+            ms.setdefault(weight_key(n0, a0), _current_mask(mod, a))
     if not ms: raise ValueError(f"{type(model).__name__} carries no pruning mask; if its pruned weights are zeros "
                                 f"(e.g. a state dict loaded without its mask), `Masks.from_zeros(model)` reads them back")
-    return cls(ms)
+    c = cls(ms)
+    c.model_params = n_parameters(model)
+    return c
 
 def _from_zeros(cls, model:nn.Module, # a model whose pruned weights are 0, e.g. a pruned state dict loaded into a fresh model
-                layer_types=PRUNABLE_TYPES, # module classes whose `weight` is prunable
+                layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
                ) -> Masks:
     "The masks of `model`'s zeros: a weight is kept where it is not exactly 0 (trained weights are never exactly 0 by chance)."
-    return cls({n: l.weight.detach() != 0 for n, l in prunable_layers(model, layer_types).items()})
+    c = cls({k: weight_of(h).detach() != 0 for k, h in prunable_weights(model, layer_types).items()})
+    c.model_params = n_parameters(model)
+    return c
 
-Masks.check, Masks.apply, Masks.remove = _check_fits, _apply, _remove
+Masks.check, Masks.apply, Masks.remove = _check_fits, document_parameters(_apply), _remove
 Masks.from_model, Masks.from_zeros = classmethod(_from_model), classmethod(_from_zeros)
+
 
 # %% ../nbs/00_masks.ipynb #74cd8bd8
 class _ZeroPruned:
@@ -361,6 +526,7 @@ class _Handles:
     def remove(self):
         for h in self.hs: h.remove()
 
+@document_parameters
 def keep_pruned(optimizer:torch.optim.Optimizer, # the optimizer that trains `model`
                 model:nn.Module, # a model pruned by `Masks.apply`
                ):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, numbers, os, time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,8 @@ from .sensitivity import *
 from .speed import topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
 from .sanity import erk_mask, smart_ratio_mask
 from .sensitivity import _plain
+from .diagnose import *
+from .diagnose import _first_tensor
 
 # %% auto #0
 __all__ = ['SCHEDULE_MODES', 'METHODS', 'SALIENCY_LOSSES', 'sparsity_schedule', 'repeat_batches', 'tempered_loss',
@@ -134,6 +136,7 @@ class PruningMethod:
     default_temperature: float = 1. # the saliency loss sees the logits divided by this when `temperature=None`
     scored: bool = True # ranks saliency scores with `PruningJob.topk`, so `invert=True` applies (False: a random mask)
     default_loss: str = 'cross_entropy' # the saliency loss when `loss_func=None`: a key of `SALIENCY_LOSSES` (chosen by measurement)
+    second_order: bool = False # differentiates twice (a Hessian-vector product): attention runs on its math kernel
 
 METHODS: dict[str, PruningMethod] = {}
 SALIENCY_LOSSES = {'cross_entropy': F.cross_entropy, 'raw_nll': raw_logit_nll}   # the paper's written loss; its official code's NLL of raw logits
@@ -147,13 +150,14 @@ def register_method(name:str, # registry key
                     default_temperature:float=1., # logits divided by this in the saliency loss when `temperature=None`
                     scored:bool=True, # ranks scores with `job.topk` (False for a random mask: `invert=True` is then refused)
                     default_loss:str='cross_entropy', # the saliency loss when `loss_func=None`: a key of `SALIENCY_LOSSES`
+                    second_order:bool=False, # differentiates twice (GRASP): attention on its math kernel, a clear error where no double backward exists
                    ):
     "Decorator adding `run(job) -> flat mask` to `METHODS` under `name`."
     if default_loss not in SALIENCY_LOSSES: raise ValueError(f"default_loss must be one of {', '.join(SALIENCY_LOSSES)}, got {default_loss!r}")
     def _inner(run):
         METHODS[name] = PruningMethod(name, run, iterative, uses_data, default_steps,
                                       summary or (run.__doc__ or '').strip(), needs_input,
-                                      float(default_temperature), bool(scored), default_loss)
+                                      float(default_temperature), bool(scored), default_loss, bool(second_order))
         return run
     return _inner
 
@@ -175,7 +179,7 @@ class PruningJob:
                  mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
                  batches_per_step:int=1, # batches whose gradients are averaged at each step
                  loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: the method's `default_loss` (raw-logit NLL for FORCE and Iterative SNIP, cross-entropy for the others: measured)
-                 layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
+                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
                  bn_mode:str='train', # BatchNorm during saliency: 'train' (batch statistics) or 'eval' (running statistics)
                  seed:int|None=None, # seed of the random method
                  progress:bool=False, # show a `fastprogress` bar over the steps
@@ -213,6 +217,9 @@ class PruningJob:
             raise ValueError(f"method {method!r} needs batches: pass an iterable of (x, y)"
                              + (" or `input_shape=`" if self.method.needs_input else ""))
         self._taken = 0
+        # an input to check the mask with (`output_depends_on_input`): a list's first batch (read, not consumed), else the first taken
+        self.probe = batches[0] if isinstance(batches, Sequence) and len(batches) else None
+        self.zero_kept = None   # kept weights whose score was exactly 0, at the final ranking
         self.history = []   # (step, k_t) per step, for reports
 
     @property
@@ -232,6 +239,7 @@ class PruningJob:
                                  f"needs {nb(self.n_batches)}, but the iterable ran out after {self._taken}; pass more "
                                  f"batches (e.g. `repeat_batches(dl)` to go over a DataLoader again) or lower `steps`") from None
             out.append(b); self._taken += 1
+            if self.probe is None: self.probe = b
         return out
 
     def topk(self, scores, # the saliency of every weight: one tensor, or one per layer (overwritten when `scale` is given)
@@ -242,8 +250,17 @@ class PruningJob:
             ) -> Tensor:
         "`topk_mask(scores, k, ...)`; with `invert`, the same on the negated scores, so the `k` lowest are kept. Scored methods rank through this."
         self.n_ranked += 1
-        if not self.invert: return topk_mask(scores, k, allowed=allowed, out=out, scale=scale)
         parts = [scores] if isinstance(scores, Tensor) else list(scores)
+        if k == self.k:   # the final ranking: which kept weights had a score of exactly 0 (read before `scale` overwrites it)
+            sc = [None] * len(parts) if scale is None else [scale] if isinstance(scale, Tensor) else list(scale)
+            zero = torch.cat([(p.reshape(-1) == 0) if s is None else (p.reshape(-1) == 0) | (s.reshape(-1) == 0)
+                              for p, s in zip(parts, sc)])
+        c = self._topk(parts, k, allowed, out, scale)
+        if k == self.k: self.zero_kept = int(torch.count_nonzero(zero & c.view(-1)))
+        return c
+
+    def _topk(self, parts, k, allowed, out, scale) -> Tensor:
+        if not self.invert: return topk_mask(parts, k, allowed=allowed, out=out, scale=scale)
         if scale is not None:   # |scores * scale| first, then its negation (new tensors: the scores may be the model's own)
             scale = [scale] if isinstance(scale, Tensor) else list(scale)
             neg = [torch.mul(p.reshape(-1), s.reshape(-1)).abs_().neg_() for p, s in zip(parts, scale)]
@@ -299,8 +316,8 @@ def _grasp(job):
 register_method('snip', iterative=False, summary='one shot, top-k of |theta * grad L(theta)| on one batch (eq. 3)')(_snip)
 register_method('snip_mb', iterative=False, default_steps=300,
                 summary='SNIP with the saliency averaged over steps x batches_per_step batches')(_snip)
-register_method('grasp', iterative=False, default_temperature=200, summary='one shot, keep the top-k of theta * Hg (eq. 4), logits / 200 as in its authors\' code')(_grasp)
-register_method('grasp_mb', iterative=False, default_steps=300, default_temperature=200,
+register_method('grasp', iterative=False, default_temperature=200, second_order=True, summary='one shot, keep the top-k of theta * Hg (eq. 4), logits / 200 as in its authors\' code')(_grasp)
+register_method('grasp_mb', iterative=False, default_steps=300, default_temperature=200, second_order=True,
                 summary='GRASP averaged over steps x batches_per_step batches')(_grasp);   # the semicolon: no echo of the registered function in the notebook
 
 # %% ../nbs/02_methods.ipynb #erk-smart-code
@@ -353,25 +370,38 @@ def _iter_snip(job): return _progressive(job, _force_saliency(job), resurrect=Fa
 def _grasp_it(job): return _progressive(job, _grad_sq_saliency(job), resurrect=False)
 
 # %% ../nbs/02_methods.ipynb #83e231db
+def _all_ones_embedding(mod, args, out):
+    "Forward hook: an embedding's output on the all-ones one-hot input, the sum of its (absolute) rows at every position."
+    return mod.weight.sum(0).expand_as(out)
+
 def _synflow_saliency(job):
     ml, model = job.loss, job.model
     keys = set(ml.keys)
     dbl = lambda t: t.detach().abs().double() if t.is_floating_point() else t
-    params = {k: dbl(p) for k, p in model.named_parameters(remove_duplicate=False) if k not in keys}
-    buffers = {k: dbl(b) for k, b in model.named_buffers(remove_duplicate=False)}
+    params = {k: dbl(p) for k, p in model.named_parameters() if k not in keys}   # a tied weight once: `functional_call` ties it
+    buffers = {k: dbl(b) for k, b in model.named_buffers()}
     theta = [t.abs().double() for t in ml.theta]
+    ids = False   # token ids: the all-ones signal enters through the embeddings, as if each were a linear layer on one-hots
     if job.input_shape is not None: shape = tuple(job.input_shape)
     else:
-        try: first = next(job._it)
-        except StopIteration: raise ValueError("synflow needs one (x, y) batch for the input shape, or `input_shape=`") from None
-        xs, _ = to_device(first, ml.device)
-        shape = tuple(xs[0].shape[1:])
-    x = torch.ones((1,) + shape, dtype=torch.float64, device=ml.device)
+        if job.probe is None:
+            try: job.probe = next(job._it)
+            except StopIteration: raise ValueError("synflow needs one (x, y) batch for the input shape, or `input_shape=`") from None
+        xs, _ = to_device(job.probe, ml.device)
+        shape, ids = tuple(xs[0].shape[1:]), not xs[0].is_floating_point()
+    x = (torch.zeros((1,) + shape, dtype=torch.long, device=ml.device) if ids
+         else torch.ones((1,) + shape, dtype=torch.float64, device=ml.device))
+    embeddings = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))] if ids else []
     def saliency(c, bs):
         w = [(t if ci is None else _times_mask(t, ci)).requires_grad_() for t, ci in zip(theta, c or [None] * len(theta))]
-        with saliency_mode(model, 'eval'), torch.enable_grad():
-            R = functional_call(model, {**params, **buffers, **dict(zip(ml.keys, w))}, (x,)).sum()
-            g = torch.autograd.grad(R, w)
+        hooks = [m.register_forward_hook(_all_ones_embedding) for m in embeddings]
+        try:
+            with saliency_mode(model, 'eval'), torch.enable_grad():
+                R = _first_tensor(functional_call(model, {**params, **buffers, **dict(zip(ml.keys, w))}, (x,))).sum()
+                g = torch.autograd.grad(R, w, allow_unused=True)
+        finally:
+            for h in hooks: h.remove()
+        g = [torch.zeros_like(wi) if gi is None else gi for wi, gi in zip(w, g)]
         if not torch.isfinite(R): raise ValueError(f"SynFlow's R overflowed ({R.item()}); the network is too deep for float64")
         return g, [wi.detach() for wi in w]   # |w * dR/dw|
     return saliency
@@ -394,15 +424,16 @@ def _cudnn_deterministic(enabled:bool, # False: a no-op (the CPU path)
     try: yield
     finally: cudnn.deterministic, cudnn.benchmark = prev
 
+@document_parameters
 def prune_at_init(model:nn.Module, # the network at initialisation (not modified)
                   batches:Iterable|None, # (x, y) batches on any device: a DataLoader, a list, a generator
                   sparsity:float, # fraction of prunable weights to remove, in [0, 1) (0.99 keeps 1%)
                   method:str='force', # a key of `METHODS`
-                  steps:int|None=None, # pruning steps $T$ (one-shot methods: batch groups averaged); `None`: the method's default
+                  steps:int|None=None, # pruning steps $T$, each reading `batches_per_step` batches (one-shot methods: batch groups averaged); `None`: `METHODS[method].default_steps` (300 for FORCE and Iterative SNIP, the paper's)
                   mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
                   batches_per_step:int=1, # batches whose gradients are averaged at each step
                   loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: the method's `default_loss` (raw-logit NLL for FORCE and Iterative SNIP, cross-entropy for the others: measured)
-                  layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
+                  layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
                   bn_mode:str='train', # BatchNorm during saliency: 'train' (batch statistics, measured best) or 'eval' (running statistics)
                   seed:int|None=None, # seed of the random method (other methods are deterministic given the batches)
                   progress:bool=False, # show a `fastprogress` bar over the steps
@@ -417,13 +448,25 @@ def prune_at_init(model:nn.Module, # the network at initialisation (not modified
                          bn_mode, seed, progress, on_step, input_shape, temperature, invert)
         if job.k == job.m: return Masks.ones_like(model, layer_types)
         on_cuda = any(t.is_cuda for t in job.theta)
-        with saliency_mode(model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda):
+        first_order = [n for n, m in METHODS.items() if not m.second_order and m.uses_data]
+        with (saliency_mode(model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda),
+              math_attention(job.method.second_order), explain_missing_derivatives(method, job.method.second_order, first_order)):
             flat = job.method.run(job)
         if invert and job.n_ranked == 0:
             raise ValueError(f"method {method!r} does not rank its scores with `job.topk`, so invert=True cannot apply to it")
-    masks = Masks.from_flat(flat, job.loss.shapes)
-    assert masks.kept == job.k, (masks.kept, job.k)
+        masks = Masks.from_flat(flat, job.loss.shapes)
+        assert masks.kept == job.k, (masks.kept, job.k)
+        _record_facts(masks, job)
+    warn_collapse(masks, method)
     return masks
+
+def _record_facts(masks:Masks, job:PruningJob):
+    "The facts `Masks` carries about a computed mask: the model's size, input-output connectivity, the tie rule's share."
+    masks.model_params = n_parameters(job.model)
+    masks.zero_score_share = None if job.zero_kept is None else job.zero_kept / job.k
+    if job.probe is not None:
+        xs, _ = to_device(job.probe, job.loss.device)
+        masks.connected = output_depends_on_input(job.model, masks, xs, job.loss.bn_mode)
 
 # %% ../nbs/02_methods.ipynb #6823d463
 def model_fingerprint(model:nn.Module, # the network to describe

@@ -33,7 +33,7 @@ def layer_shapes(layers, # a `Masks`, a model (its prunable layers), or a mappin
     "The weight shape of every prunable layer, in layer order."
     if isinstance(layers, Masks): return layers.shapes
     if isinstance(layers, nn.Module):
-        return {n: torch.Size(getattr(l, 'weight_orig', l.weight).shape) for n, l in prunable_layers(layers).items()}
+        return {k: torch.Size(weight_of(h).shape) for k, h in prunable_weights(layers).items()}
     if not isinstance(layers, Mapping):
         raise ValueError(f"expected a Masks, a model or a mapping of layer name -> weight shape, got {type(layers).__name__}")
     out = {}

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from .masks import *
+from .masks import _holders_of
 
 # %% auto #0
 __all__ = ['BN_MODES', 'check_bn_mode', 'saliency_mode', 'to_device', 'MaskedLoss', 'connection_sensitivity', 'force_objective',
@@ -71,24 +72,26 @@ class MaskedLoss:
     "The loss $L(\\theta \\odot c)$ of `model` as a function of its prunable weights, evaluated without changing `model`."
     def __init__(self, model:nn.Module, # the network; it is never modified
                  loss_func=F.cross_entropy, # `loss_func(output, target)` -> scalar, e.g. fastai's `learn.loss_func`
-                 layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
+                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
                  bn_mode:str='train', # BatchNorm mode while the loss is evaluated (see `saliency_mode`)
                 ):
         self.model, self.loss_func, self.bn_mode = model, loss_func, check_bn_mode(bn_mode)
-        self.layers = prunable_layers(model, layer_types)
-        already = [n for n, l in self.layers.items() if is_pruned(l)]
+        self.weights = prunable_weights(model, layer_types)   # each tied or shared weight once
+        already = [k for k, hs in self.weights.items() if any(is_pruned(m) for _, m, _ in hs)]
         if already: raise ValueError(f"layers {already[:3]} already carry a pruning mask; prune a fresh model "
                                      f"or call `Masks.remove(model)` first")
-        self.names = list(self.layers)
-        self.keys = [f'{n}.weight' if n else 'weight' for n in self.names]
-        self.theta = [l.weight.detach() for l in self.layers.values()]   # the dense weights, by reference
+        self.layers = {k: hs[0][1] for k, hs in self.weights.items()}
+        self.names = list(self.weights)
+        self.keys = [f'{n}.{a}'.lstrip('.') for n, _, a in (hs[0] for hs in self.weights.values())]   # as `named_parameters` names them
+        self.theta = [weight_of(hs).detach() for hs in self.weights.values()]   # the dense weights, by reference
         self.shapes = {n: t.shape for n, t in zip(self.names, self.theta)}
         self.sizes = [t.numel() for t in self.theta]
         self.m = sum(self.sizes)
         self.device = self.theta[0].device
         keys = set(self.keys)
-        self.fixed = {k: p.detach() for k, p in model.named_parameters(remove_duplicate=False) if k not in keys}
-        self.buffers = {k: b.clone() for k, b in model.named_buffers(remove_duplicate=False)}
+        # each tensor under one name: `functional_call` passes a tied weight's new value to all its holders
+        self.fixed = {k: p.detach() for k, p in model.named_parameters() if k not in keys}
+        self.buffers = {k: b.clone() for k, b in model.named_buffers()}
 
     def mask_list(self, c) -> list[Tensor|None]:
         "`c` (a `Masks`, a list per layer, a flat vector or `None` for $c = 1$) as one tensor (or `None`) per layer."
@@ -160,7 +163,7 @@ def connection_sensitivity(model:nn.Module, # the network (not modified)
                            batches:Iterable, # (x, y) batches to average the loss over
                            masks:Masks|None=None, # the mask $\hat c$; `None` for $c = 1$ (SNIP's eq. 2)
                            loss_func=F.cross_entropy, # `loss_func(output, target)`
-                           layer_types=PRUNABLE_TYPES, # prunable module classes
+                           layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
                            bn_mode:str='train', # BatchNorm mode during the computation
                           ) -> dict[str, Tensor]:
     "$g = \\theta \\odot \\nabla L(\\theta \\odot c)$ (eq. 5), the derivative of the loss with respect to the mask, per layer."
@@ -193,14 +196,14 @@ def gradient_norm(model:nn.Module, # the network (not modified)
     return float(torch.sqrt(sum(((gi if ci is None else gi * ci) ** 2).sum() for gi, ci in zip(g, cs))))
 
 def _types_of(model, masks):
-    "The prunable layer types that make `prunable_layers(model)` list exactly the layers of `masks`."
+    "The `layer_types` that make `prunable_weights(model)` list exactly the weights of `masks`."
     if masks is None: return PRUNABLE_TYPES
-    mods = dict(model.named_modules())
-    missing = [n for n in masks if n not in mods]
-    if missing: raise ValueError(f"the masks name layers the model does not have: {missing[:3]}")
-    types = tuple({type(mods[n]) for n in masks})
-    if list(prunable_layers(model, types)) != list(masks):
+    hs = _holders_of(masks, model)   # raises if a weight is missing or has another shape
+    attention_out = {id(m.out_proj): type(m) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    types = tuple({attention_out.get(id(h[0][1]), type(h[0][1])) for h in hs.values()})
+    if list(prunable_weights(model, types)) != list(masks):
         raise ValueError("the masks must cover every layer of their types, in the model's order")
+    return types
     return types
 
 # %% ../nbs/01_sensitivity.ipynb #94e26606
@@ -208,7 +211,7 @@ def hessian_gradient_product(model:nn.Module, # the network (not modified)
                              batches:Iterable, # (x, y) batches to average the loss over
                              masks:Masks|None=None, # evaluate at $\theta \odot c$ (`None`: dense)
                              loss_func=F.cross_entropy, # `loss_func(output, target)`
-                             layer_types=PRUNABLE_TYPES, # prunable module classes
+                             layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
                              bn_mode:str='train', # BatchNorm mode during the computation
                             ) -> dict[str, Tensor]:
     "$Hg$ at $\\theta \\odot c$ with $g$ the batch-averaged gradient there, per layer (GRASP, eq. 4)."

@@ -94,7 +94,7 @@ def _topk_bracketed(scores, # flat float32/float64 scores (one tensor, or one pe
         i = ins.nonzero().squeeze(1)
         if i.numel(): ins_i.append(i + off); ins_v.append(x[i])
     if torch.isnan(torch.stack(sums)).any() and any(torch.isnan(p.max()) for p in parts):   # a sum is also NaN for inf - inf
-        raise ValueError("saliency scores contain NaN; check the loss and the data")
+        raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: BatchNorm in train mode over one value per channel (use a larger batch or `bn_mode='eval'`), or a second derivative through zero padding (use larger inputs)")
     n_hi = int(torch.stack(counts).sum())
     if n_hi >= k:   # the k-th largest is hi itself, or the bracket missed above: keep s > hi, then ties at hi
         n_gt = 0
@@ -150,7 +150,7 @@ def topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor
     s = parts[0] if len(parts) == 1 else torch.cat(parts)   # float64 scores stay float64
     if s.dtype in (torch.float16, torch.bfloat16): s = s.float()
     elif not s.is_floating_point() and (s.dtype == torch.bool or allowed is not None): s = s.double()   # exact for integers < 2**53
-    if torch.isnan(s.max()): raise ValueError("saliency scores contain NaN; check the loss and the data")  # max propagates NaN
+    if torch.isnan(s.max()): raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: BatchNorm in train mode over one value per channel (use a larger batch or `bn_mode='eval'`), or a second derivative through zero padding (use larger inputs)")  # max propagates NaN
     if allowed is not None: s = s.masked_fill(~(allowed[0] if len(allowed) == 1 else torch.cat(allowed)), -math.inf)
     kth = s.kthvalue(m - k + 1).values  # the k-th largest value
     keep = s >= kth
@@ -270,7 +270,7 @@ class FastMaskedLoss(MaskedLoss):
     "`MaskedLoss` whose `grads` keeps no masked copy of the weights for the backward pass (recomputed there); the same results."
     def __init__(self, model:nn.Module, # the network; it is never modified
                  loss_func=F.cross_entropy, # `loss_func(output, target)` -> scalar, e.g. fastai's `learn.loss_func`
-                 layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable
+                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
                  bn_mode:str='train', # BatchNorm mode while the loss is evaluated (see `saliency_mode`)
                 ):
         super().__init__(model, loss_func, layer_types, bn_mode)
