@@ -202,9 +202,10 @@ class PruneAtInitCallback(KeepPrunedCallback):
         r, meth = self.report, get_method(self.method)
         T = ifnone(self.steps, meth.default_steps)
         how = f"{T} step{'s' * (T != 1)}, {self.mode}" if meth.iterative else "one shot"
-        dead = self.masks.dead_layers
+        dead, c = self.masks.dead_layers, self.masks.coverage
+        cov = f"; prunable: {c:.2%} of the model's parameters" if c else ""
         return (f"{type(self).__name__}: {self.method} ({how}) pruned to sparsity {r['sparsity']:.2%} "
-                f"({r['kept']:,} of {r['total']:,} prunable weights kept), {len(dead)} dead layer{'s' * (len(dead) != 1)}"
+                f"({r['kept']:,} of {r['total']:,} prunable weights kept{cov}), {len(dead)} dead layer{'s' * (len(dead) != 1)}"
                 f"{' (' + ', '.join(dead[:3]) + ('...' if len(dead) > 3 else '') + ')' if dead else ''}, in {r['seconds']:.1f} s")
 
     def _bars_on(self) -> bool:
