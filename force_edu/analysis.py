@@ -26,7 +26,7 @@ _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   #
 __all__ = ['METHOD_STYLES', 'as_masks', 'dead_layers', 'method_style', 'layer_density_plot', 'merge_ops', 'Connectivity',
            'disconnected_weights', 'MaskHistory', 'mask_history', 'consistency_plot', 'saliency_vs_steps',
            'saliency_vs_steps_plot', 'sweep_summary', 'sweep_table', 'sweep_plot', 'paired_difference',
-           'pruning_metrics']
+           'seed_differences', 'holm', 'per_seed_analysis', 'pruning_metrics']
 
 # %% ../nbs/05_analysis.ipynb #8b66d8c2
 def as_masks(x, # a `Masks`, or a pruned model (after `Masks.apply` or a pruning callback)
@@ -548,6 +548,69 @@ def paired_difference(records, # run records (list of dicts or a `DataFrame`) wi
                          mean_b=g[f'{metric}_b'].mean(), diff=mean, sd=sd, lo=mean - half, hi=mean + half,
                          **{pair_on + 's': sorted(g[pair_on].tolist())}))
     return pd.DataFrame(rows).set_index(by)
+
+# %% ../nbs/05_analysis.ipynb #perseed-code
+def seed_differences(records, # run records (list of dicts or a `DataFrame`) with `metric`, `pair_on` and the `by` fields
+                     a, # the first selection: a method name, or a dict of field values
+                     b, # the second selection, the same way
+                     by:Sequence[str]=('sparsity',), # fields whose values make the cells
+                     metric:str='accuracy', # the field compared
+                     pair_on:str='seed', # the field that pairs a run of `a` with a run of `b`
+                     pooled:bool=True, # add a cell 'pooled' holding, per seed, the mean of its differences over the cells
+                    ):
+    "One difference `a - b` per seed and cell; the pooled cell averages each seed's differences first, so a seed counts once."
+    import pandas as pd
+    pd_ = paired_difference(records, a, b, by, metric, pair_on)   # validates the selections (one run per cell and seed)
+    df, by = _records_frame(records, metric), list(by)
+    da, db = _select(df, a), _select(df, b)
+    m = da[by + [pair_on, metric]].merge(db[by + [pair_on, metric]], on=by + [pair_on], suffixes=('_a', '_b'))
+    out = m.assign(cell=m[by].astype(str).agg(' '.join, axis=1), diff=m[f'{metric}_a'] - m[f'{metric}_b'])[['cell', pair_on, 'diff']]
+    if pooled and out.cell.nunique() > 1:
+        full = out.groupby(pair_on).cell.nunique() == out.cell.nunique()   # seeds present in every cell
+        pool = out[out[pair_on].isin(full[full].index)].groupby(pair_on, as_index=False)['diff'].mean().assign(cell='pooled')
+        out = pd.concat([out, pool[['cell', pair_on, 'diff']]], ignore_index=True)
+    return out
+
+def holm(p:Sequence[float], # p-values of one family of tests
+        ) -> list[float]:
+    "Holm's step-down adjustment: each p-value, adjusted so that rejecting where it is below alpha controls the family-wise error."
+    order, n, out, run = sorted(range(len(p)), key=lambda i: p[i]), len(p), [0.] * len(p), 0.
+    for rank, i in enumerate(order):
+        run = max(run, min(1., (n - rank) * p[i]))
+        out[i] = run
+    return out
+
+def per_seed_analysis(records, # run records with `metric`, `pair_on` and the `by` fields
+                      a, # the first selection: a method name, or a dict of field values
+                      b, # the second selection, the same way
+                      by:Sequence[str]=('sparsity',), # fields whose values make the cells (one family of tests)
+                      metric:str='accuracy', # the field compared
+                      pair_on:str='seed', # the field that pairs runs
+                      level:float=0.95, # confidence level of the t interval
+                      power:float=0.8, # power of the smallest detectable difference
+                     ):
+    "Per cell and pooled per seed: mean of `a - b`, t interval, t and sign-test p-values, Holm's adjustment over the cells, and the smallest difference detectable with `power`."
+    import pandas as pd
+    from scipy import stats
+    d = seed_differences(records, a, b, by, metric, pair_on)
+    rows = []
+    for cell, g in d.groupby('cell', sort=False):
+        x = g['diff'].to_numpy(); n = len(x)
+        mean, sd = x.mean(), (x.std(ddof=1) if n > 1 else float('nan'))
+        se = sd / math.sqrt(n) if n > 1 else float('nan')
+        tq = stats.t.ppf((1 + level) / 2, n - 1) if n > 1 else float('nan')
+        nz = x[x != 0]
+        rows.append(dict(cell=cell, n=n, diff=mean, lo=mean - tq * se, hi=mean + tq * se,
+                         p_t=stats.ttest_1samp(x, 0).pvalue if n > 1 and sd > 0 else float('nan'),
+                         p_sign=stats.binomtest(int((nz > 0).sum()), len(nz)).pvalue if len(nz) else 1.,
+                         mdd=(tq + stats.t.ppf(power, n - 1)) * se if n > 1 else float('nan')))
+    res = pd.DataFrame(rows).set_index('cell')
+    cells = [c for c in res.index if c != 'pooled']
+    res['p_holm'] = float('nan')
+    ps = res.loc[cells, 'p_t'].fillna(1.).tolist()
+    res.loc[cells, 'p_holm'] = holm(ps)
+    return res
+
 
 # %% ../nbs/05_analysis.ipynb #1d6a13c6
 def pruning_metrics(model_fn:Callable, # `model_fn(seed)` -> a new network at initialisation (not modified)
