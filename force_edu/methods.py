@@ -255,7 +255,13 @@ class PruningJob:
             sc = [None] * len(parts) if scale is None else [scale] if isinstance(scale, Tensor) else list(scale)
             zero = torch.cat([(p.reshape(-1) == 0) if s is None else (p.reshape(-1) == 0) | (s.reshape(-1) == 0)
                               for p, s in zip(parts, sc)])
-        c = self._topk(parts, k, allowed, out, scale)
+        try: c = self._topk(parts, k, allowed, out, scale)
+        except ValueError as e:   # name the layers whose scores hold the NaN (looked for only when there is one)
+            if 'contain NaN' not in str(e): raise
+            bad = [n for n, p in zip(self.loss.names, parts) if torch.isnan(p).any()] if len(parts) == len(self.loss.names) else []
+            if not bad: raise
+            raise ValueError(f"{self.method.name}: the saliency scores of {len(bad)} layer{'s' * (len(bad) > 1)} ({', '.join(bad[:3])}"
+                             f"{', ...' if len(bad) > 3 else ''}) contain NaN; {str(e).split('; ', 1)[1]}") from None
         if k == self.k: self.zero_kept = int(torch.count_nonzero(zero & c.view(-1)))
         return c
 

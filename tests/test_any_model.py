@@ -277,3 +277,12 @@ def test_callback_warns_and_training_order_is_untouched(method):
         with warnings.catch_warnings():
             warnings.simplefilter('error', PruningWarning)
             assert cb._prune(learn.model, dls.train).connected is True
+
+
+def test_nan_saliency_names_its_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    nan_grad = lambda out, y: torch.sqrt(out[:, 0] - out[:, 0]).sum()   # finite (0), but its gradient is 0 * inf = NaN
+    with pytest.raises(ValueError, match=r"snip: the saliency scores of 2 layers \(0, 2\) contain NaN; .*larger") as e:
+        prune_at_init(model, [(torch.randn(4, 4), torch.randint(0, 3, (4,)))], 0.5, 'snip', loss_func=nan_grad)
+    assert '\n' not in str(e.value)
