@@ -34,12 +34,13 @@ def _first_tensor(out):
 def _other_input(x:Tensor, seed:int=20210429) -> Tensor:
     "An input of the same shape and kind as `x` with other values: other token ids for ids, random numbers otherwise."
     g = torch.Generator().manual_seed(seed)
-    if x.is_floating_point(): return (torch.randn(x.shape, generator=g, dtype=x.dtype) * (x.std().nan_to_num() + 1)).to(x.device)
+    if x.is_floating_point():
+        return (torch.randn(x.shape, generator=g, dtype=x.dtype) * (x.std().nan_to_num() + 1)).to(x.device)
     hi = max(int(x.max()) + 1, 2)   # every id changes, to another id the model has seen
     return ((x.cpu() + torch.randint(1, hi, x.shape, generator=g)) % hi).to(x.device, x.dtype)
 
 def _kept_nonzero(t:Tensor, c:Tensor) -> Tensor:
-    "$\\theta \\odot c$, with each kept weight that is exactly 0 (a zero-initialised layer) made 0.01: a path, not a value."
+    "$\\theta \\odot c$, each kept weight that is exactly 0 (a zero-initialised layer) made 0.01: a path, not a value."
     c = c.to(t.device)
     return torch.where(c & (t == 0), torch.full_like(t, 0.01), t * c)
 
@@ -47,10 +48,11 @@ def _kept_nonzero(t:Tensor, c:Tensor) -> Tensor:
 def output_depends_on_input(model:nn.Module, # the network at initialisation (not modified)
                             masks:Masks, # a mask of its prunable weights
                             xs:tuple, # the inputs of one batch (the `x` of `(x, y)`, or `(x1, ..., xn)`)
-                            bn_mode:str='train', # BatchNorm as the saliencies saw it: 'train' (batch statistics) or 'eval'
+                            bn_mode:str='train', # BatchNorm as the saliencies saw it: 'train' or 'eval'
                            ) -> bool:
-    "Whether the output of the pruned network changes when the input does; `False`: no path of kept weights joins input and output."
-    w = {f'{h[0][0]}.{h[0][2]}'.lstrip('.'): _kept_nonzero(weight_of(h).detach(), masks[k]) for k, h in _holders_of(masks, model).items()}
+    "Whether the pruned network's output changes when its input does; `False`: no path of kept weights joins them."
+    w = {f'{h[0][0]}.{h[0][2]}'.lstrip('.'): _kept_nonzero(weight_of(h).detach(), masks[k])
+         for k, h in _holders_of(masks, model).items()}
     xs = tuple(xs) if isinstance(xs, (tuple, list)) else (xs,)
     other = tuple(_other_input(x) if isinstance(x, Tensor) else x for x in xs)
     def out(x):   # copies of the buffers: batch statistics must not move the model's running ones
@@ -61,20 +63,21 @@ def output_depends_on_input(model:nn.Module, # the network at initialisation (no
 
 # %% ../nbs/13_any_model.ipynb #any-warn
 class PruningWarning(UserWarning):
-    "A mask that empties a layer, cuts the output off from the input, or was chosen by the tie rule rather than the saliency."
+    "A mask that empties a layer, cuts the output off from the input, or was chosen by the tie rule, not the saliency."
 
 ZERO_SCORE_LIMIT = 0.5   # warn when more than this share of the kept weights had a saliency of exactly 0
 
 def collapse_report(masks:Masks, # a mask with the facts `prune_at_init` records (`connected`, `zero_score_share`)
                     method:str='', # the method's name, for the message
                    ) -> str|None:
-    "One line on what is degenerate about `masks` (empty layers, output cut off from the input, tie-rule choice), or `None`."
+    "One line on what is degenerate about `masks` (empty layers, output cut off, tie-rule choice), or `None`."
     dead, parts = masks.dead_layers, []
     who = f"{method} at sparsity {masks.sparsity:.2%}".strip()
     if dead:
         names = ', '.join(dead[:3]) + (', ...' if len(dead) > 3 else '')
         parts.append(f"emptied {len(dead)} of {len(masks)} prunable layers ({names})"
-                     + ("; the output still depends on the input, through connections that skip them" if masks.connected else ""))
+                     + ("; the output still depends on the input, through connections that skip them"
+                        if masks.connected else ""))
     if masks.connected is False:
         parts.append("no path of kept weights joins input and output: the output no longer depends on the input, "
                      "so the network cannot learn")
@@ -82,7 +85,8 @@ def collapse_report(masks:Masks, # a mask with the facts `prune_at_init` records
         parts.append(f"{masks.zero_score_share:.0%} of the kept weights had a saliency of exactly 0, so the tie rule "
                      f"(lowest index first) chose them, not the saliency")
     if not parts: return None
-    return f"{who}: {'; '.join(parts)}. Lower the sparsity or try another method or saliency loss (`masks.table()` per layer)"
+    return (f"{who}: {'; '.join(parts)}. Lower the sparsity or try another method or saliency loss "
+            f"(`masks.table()` per layer)")
 
 def warn_collapse(masks:Masks, # a mask with the facts `prune_at_init` records
                   method:str='', # the method's name, for the message
@@ -100,24 +104,25 @@ _NO_DERIVATIVE = re.compile(r"derivative for (\S+?) is not implemented")
 @contextmanager
 def explain_missing_derivatives(method:str, # the method being run, for the message
                                 second_order:bool, # whether it differentiates twice (GRASP's Hessian-gradient product)
-                                first_order:Sequence[str]=(), # the methods that need one derivative only, offered instead
+                                first_order:Sequence[str]=(), # the methods needing one derivative only, offered instead
                                ):
-    "Context manager: PyTorch's 'derivative for OP is not implemented' becomes a one-line `ValueError` naming OP and what works."
+    "Context manager: PyTorch's 'derivative for OP is not implemented' becomes a one-line `ValueError`: OP, what works."
     try: yield
     except RuntimeError as e:
         m = _NO_DERIVATIVE.search(str(e))
         if m is None: raise
         op = m.group(1)
         if second_order:
-            raise ValueError(f"{method} needs second derivatives (a Hessian-vector product) and PyTorch has none for `{op}`, "
-                             f"which this model uses; prune it with a first-order method: {', '.join(first_order)}") from None
+            raise ValueError(f"{method} needs second derivatives (a Hessian-vector product) and PyTorch has none "
+                             f"for `{op}`, which this model uses; prune it with a first-order method: "
+                             f"{', '.join(first_order)}") from None
         raise ValueError(f"{method} needs the gradient of `{op}`, which PyTorch does not implement; "
                          f"prune this model with a data-free method (random, magnitude, erk, smart_ratio)") from None
 
 @contextmanager
 def math_attention(enabled:bool=True, # False: a no-op
                   ):
-    "Context manager: `scaled_dot_product_attention` uses its math kernel, which has a double backward; the caller's choice is restored on exit."
+    "Context manager: `scaled_dot_product_attention` on its math kernel (it has a double backward), then the caller's."
     if not enabled:
         yield
         return
