@@ -26,7 +26,7 @@ _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   #
 __all__ = ['METHOD_STYLES', 'as_masks', 'dead_layers', 'method_style', 'layer_density_plot', 'merge_ops', 'Connectivity',
            'disconnected_weights', 'MaskHistory', 'mask_history', 'consistency_plot', 'saliency_vs_steps',
            'saliency_vs_steps_plot', 'sweep_summary', 'sweep_table', 'sweep_plot', 'paired_difference',
-           'seed_differences', 'holm', 'per_seed_analysis', 'pruning_metrics']
+           'seed_differences', 'holm', 'per_seed_analysis', 'seed_table', 'pruning_metrics']
 
 # %% ../nbs/05_analysis.ipynb #8b66d8c2
 def as_masks(x, # a `Masks`, or a pruned model (after `Masks.apply` or a pruning callback)
@@ -588,11 +588,12 @@ def per_seed_analysis(records, # run records with `metric`, `pair_on` and the `b
                       pair_on:str='seed', # the field that pairs runs
                       level:float=0.95, # confidence level of the t interval
                       power:float=0.8, # power of the smallest detectable difference
+                      pooled:bool=True, # add the pooled cell (each seed's differences averaged over the cells; needs 2 cells or more)
                      ):
-    "Per cell and pooled per seed: mean of `a - b`, t interval, t and sign-test p-values, Holm's adjustment over the cells, and the smallest difference detectable with `power`."
+    "Per cell and pooled per seed: mean of `a - b`, t interval, t and sign-test p-values, Holm's adjustment over the cells, the smallest difference detectable with `power`, and whether the cell is decided."
     import pandas as pd
     from scipy import stats
-    d = seed_differences(records, a, b, by, metric, pair_on)
+    d = seed_differences(records, a, b, by, metric, pair_on, pooled)
     rows = []
     for cell, g in d.groupby('cell', sort=False):
         x = g['diff'].to_numpy(); n = len(x)
@@ -600,16 +601,29 @@ def per_seed_analysis(records, # run records with `metric`, `pair_on` and the `b
         se = sd / math.sqrt(n) if n > 1 else float('nan')
         tq = stats.t.ppf((1 + level) / 2, n - 1) if n > 1 else float('nan')
         nz = x[x != 0]
-        rows.append(dict(cell=cell, n=n, diff=mean, lo=mean - tq * se, hi=mean + tq * se,
+        rows.append(dict(cell=cell, n=n, n_pos=int((x > 0).sum()), diff=mean, lo=mean - tq * se, hi=mean + tq * se,
                          p_t=stats.ttest_1samp(x, 0).pvalue if n > 1 and sd > 0 else float('nan'),
                          p_sign=stats.binomtest(int((nz > 0).sum()), len(nz)).pvalue if len(nz) else 1.,
                          mdd=(tq + stats.t.ppf(power, n - 1)) * se if n > 1 else float('nan')))
     res = pd.DataFrame(rows).set_index('cell')
     cells = [c for c in res.index if c != 'pooled']
     res['p_holm'] = float('nan')
-    ps = res.loc[cells, 'p_t'].fillna(1.).tolist()
-    res.loc[cells, 'p_holm'] = holm(ps)
+    res.loc[cells, 'p_holm'] = holm(res.loc[cells, 'p_t'].fillna(1.).tolist())
+    alpha = 1 - level   # a cell is decided when its Holm-adjusted p is below alpha; the pooled cell, a question of its own, by its p
+    res['decided'] = [bool(r.p_holm < alpha) if c != 'pooled' else bool(r.p_t < alpha) for c, r in res.iterrows()]
     return res
+
+def seed_table(res, # the result of `per_seed_analysis`
+               scale:float=100, # multiplies the differences (100: accuracy fractions to points)
+               digits:int=1, # decimals of the differences
+              ):
+    "`per_seed_analysis` as a readable table: the difference with its interval, the seeds, how many favour `a`, the p-values, the detectable difference."
+    import pandas as pd
+    f = lambda v: f"{scale * v:+.{digits}f}" if pd.notna(v) else '–'
+    return pd.DataFrame({'a − b (95% interval)': [f"{f(r['diff'])} ({f(r.lo)} to {f(r.hi)})" for _, r in res.iterrows()],
+                         'seeds': res.n, 'a ahead': res.n_pos, 'p (t)': res.p_t.round(4), 'p (sign)': res.p_sign.round(4),
+                         'p (Holm)': res.p_holm.round(4), 'detectable': [f"{scale * v:.{digits}f}" if pd.notna(v) else '–' for v in res.mdd],
+                         'decided': res.decided}, index=res.index)
 
 
 # %% ../nbs/05_analysis.ipynb #1d6a13c6

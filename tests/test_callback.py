@@ -323,3 +323,42 @@ def test_temperature_reaches_prune_at_init(tmp_path):
         assert masks[t] == prune_at_init(_net(), repeat_batches(dls.train), 0.9, 'grasp', temperature=t, loss_func=F.cross_entropy), t
     assert masks[None] == masks[200] and masks[1] != masks[200]
     with pytest.raises(ValueError, match='temperature'): PruneAtInitCallback(0.9, 'grasp', temperature=0)
+
+
+# ---- pairing: which training order each method trains on ----------------------------------------------------------
+
+class _FirstBatches(Callback):
+    "Records the targets of the first two training batches, then stops the fit."
+    order = 100
+    def before_fit(self): self.ys = []
+    def before_batch(self):
+        if not self.training: return
+        self.ys.append(self.y.clone())
+        if len(self.ys) == 2: raise CancelFitException()
+
+
+def _training_order(method, skip_pass=False):
+    "The first training batches of a fit after pruning by `method` ('dense': no pruning), from seed 0."
+    from fastai.torch_core import set_seed
+    set_seed(0)
+    cb = None if method == 'dense' else PruneAtInitCallback(0.5, method, steps=2, verbose=False)
+    learn = _learner(cb)
+    if skip_pass: list(learn.dls.train)   # one pass of the training loader, read and discarded
+    rec = _FirstBatches(); learn.add_cb(rec)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        learn.fit(1)
+    return torch.cat(rec.ys)
+
+
+def test_which_training_order_each_method_trains_on():
+    "What the study page states: data-driven methods whose pruning reads at most one pass of the training loader all train "
+    "on its second pass; data-free methods train on its first, as the dense run does. So pairs within each group share "
+    "their batch order, and a pair across the groups does not."
+    dense = _training_order('dense')
+    driven = {m: _training_order(m) for m in ('snip', 'grasp', 'iter_snip', 'force')}   # 2 steps <= 4 batches a pass
+    free = {m: _training_order(m) for m in ('random', 'erk', 'smart_ratio', 'synflow')}
+    for m, o in free.items(): assert torch.equal(o, dense), m
+    for m, o in driven.items(): assert torch.equal(o, driven['snip']), m
+    assert not torch.equal(driven['snip'], dense)                    # the two groups differ ...
+    assert torch.equal(driven['snip'], _training_order('dense', skip_pass=True))   # ... by exactly one pass of the loader
