@@ -97,3 +97,17 @@ def test_index_notebook_has_the_same_runnable_code():
         want = _code_lines(src)
         found = any(nb_lines[i:i + len(want)] == want for i in range(len(nb_lines) - len(want) + 1))
         assert found, f"README block not found, line for line, in consecutive code cells of nbs/index.ipynb:\n{src}"
+
+def test_readme_measurements_are_the_index_ones():
+    """README.md's "What the package measured" is nbs/index.ipynb's, word for word (links rewritten from nbs/ to the
+    repository root): the index pins every number of that section to the committed records with hidden asserts, so the
+    README's numbers are pinned too, and a re-run that changes one fails `nbdev-test` before the README can go stale."""
+    cells = json.loads((ROOT/'nbs'/'index.ipynb').read_text())['cells']
+    head = '## What the package measured'
+    src = [''.join(c['source']) for c in cells if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(head)]
+    assert len(src) == 1, f"nbs/index.ipynb has {len(src)} markdown cells starting {head!r}"
+    want = re.sub(r'\]\((?!https?:|#)', '](nbs/', src[0]).strip()
+    readme = README
+    i = readme.index(head)
+    got = readme[i:readme.index('\n## ', i + len(head))].strip()
+    assert got == want, "README.md's measured section differs from nbs/index.ipynb's: copy the index's cell (links with nbs/)"
