@@ -418,7 +418,7 @@ def demo_run(method:str, # a key of `METHODS`, or 'dense' for no pruning
 def run_demo(sparsity:float=0.99, # fraction of prunable weights to remove, in [0, 1)
              method:str='force', # the pruning method compared with random pruning and the dense network
              epochs:int=_DEMO['epochs'], # training epochs of each network (one-cycle schedule)
-             out:str|Path|None=None, # folder for everything written; `None`: a new temporary folder
+             out:str|Path|None=None, # folder for everything written (masks, `demo_results.csv`); `None`: a temporary folder, removed at the end
              size:int=_DEMO['size'], # side of the input images (the digits are 8x8, upsampled)
              steps:int|None=_DEMO['steps'], # pruning steps $T$ of iterative methods
              lr:float=_DEMO['lr'], # maximum learning rate of `fit_one_cycle`
@@ -433,10 +433,12 @@ def run_demo(sparsity:float=0.99, # fraction of prunable weights to remove, in [
     check_prune_args(sparsity, method, _steps_for(method, steps), 'exp', 1, bn_mode)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    out = Path(tempfile.mkdtemp(prefix='force-edu-demo-') if out is None else out)
+    scratch = tempfile.TemporaryDirectory(prefix='force-edu-demo-') if out is None else None   # nothing is left behind without `out`
+    out = Path(scratch.name if scratch else out)
     out.mkdir(parents=True, exist_ok=True)
     say = print if verbose else (lambda *a, **k: None)
-    say(f"force-edu demo: resnet18 on the digits ({size}x{size}), sparsity {sparsity}, {epochs} epochs; writing to {out}")
+    where = f"writing to {out}" if scratch is None else "files in a temporary folder, removed at the end (--out DIR keeps them)"
+    say(f"force-edu demo: resnet18 on the digits ({size}x{size}), sparsity {sparsity}, {epochs} epochs; {where}")
     old_threads = torch.get_num_threads()
     if threads: torch.set_num_threads(threads)
     rows = []
@@ -447,10 +449,11 @@ def run_demo(sparsity:float=0.99, # fraction of prunable weights to remove, in [
             else: r.pop('masks')
             rows.append(r)
             say(f"  {run:10s} accuracy {r['accuracy']:.4f}  (pruning {r['prune_s']:.0f} s, training {r['train_s']:.0f} s)")
+        res = pd.DataFrame(rows).set_index('method')
+        res.to_csv(out/'demo_results.csv')
     finally:
         if threads: torch.set_num_threads(old_threads)
-    res = pd.DataFrame(rows).set_index('method')
-    res.to_csv(out/'demo_results.csv')
+        if scratch is not None: scratch.cleanup()
     say(res.to_string())
     return res
 
@@ -459,7 +462,7 @@ def run_demo(sparsity:float=0.99, # fraction of prunable weights to remove, in [
 def demo(sparsity:float=0.99, # fraction of prunable weights to remove, in [0, 1)
          method:str='force', # pruning method compared with random pruning and dense
          epochs:int=_DEMO['epochs'], # training epochs of each network
-         out:str=None, # folder for everything written (default: a new temporary folder)
+         out:str=None, # folder for everything written (default: none kept: a temporary folder, removed at the end)
          size:int=_DEMO['size'], # side of the input images
          steps:int=_DEMO['steps'], # pruning steps of iterative methods
          lr:float=_DEMO['lr'], # maximum learning rate

@@ -139,7 +139,7 @@ def demo_options(p:argparse.ArgumentParser, # the parser to add the options to
     option(p, 'sparsity', _sparsity, d['sparsity'], "fraction of prunable weights removed, in [0, 1): 0.99 keeps 1%")
     option(p, 'method', str, d['method'], "pruning method compared with random pruning and the dense network", METHOD_NAMES)
     option(p, 'epochs', _pos_int, d['epochs'], "training epochs of each network")
-    option(p, 'out', str, None, "folder for everything written (default: a new temporary folder)")
+    option(p, 'out', str, None, "folder for the masks and demo_results.csv (default: none kept; a temporary folder, removed at the end)")
     option(p, 'size', _pos_int, d['size'], "side of the input images, in pixels (the 8x8 digits, upsampled)")
     option(p, 'steps', _pos_int, d['steps'], "pruning steps of iterative methods (batches averaged by the _mb methods)")
     option(p, 'lr', _pos_float, d['lr'], "maximum learning rate of fit_one_cycle")

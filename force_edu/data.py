@@ -238,7 +238,9 @@ def available_datasets(fashion_path:str|Path=FASHION_MNIST_PATH, # where to look
     out['fashion-mnist'] = dict(available=have_fm, where=str(fm), images='60000 train + 10000 test grayscale 28x28, 10 classes',
                                 **({'load': 'idx_dls()' if fm == FASHION_MNIST_PATH else f'idx_dls({str(fm)!r})'} if have_fm else {'install': FASHION_MNIST_APT}))
     cifar = Path(os.getenv('FASTAI_HOME', '~/.fastai')).expanduser()/'data'/'cifar10'
+    home = Path.home()
+    shown = '~/' + cifar.relative_to(home).as_posix() if cifar.is_relative_to(home) else str(cifar)   # printed without the user's home folder
     have_c = (cifar/'train').is_dir() and (cifar/'test').is_dir()
-    out['cifar10'] = dict(available=have_c, where=str(cifar), images='50000 train + 10000 test colour 32x32, 10 classes',
+    out['cifar10'] = dict(available=have_c, where=shown, images='50000 train + 10000 test colour 32x32, 10 classes',
                           **({'load': f'cifar_dls({str(cifar)!r})'} if have_c else {'install': 'online only: untar_data(URLs.CIFAR)'}))
     return out

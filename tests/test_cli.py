@@ -69,8 +69,8 @@ def test_demo_bad_sparsity_is_one_line():
     assert r.returncode != 0 and r.stdout == ''
     assert len(r.stderr.strip().splitlines()) == 1 and 'sparsity' in r.stderr, r.stderr
 
-def test_demo_writes_only_in_its_folder(tmp_path):
-    "A short demo (1 epoch, 2 pruning steps) with the default `--out`: everything lands in the temporary folder it names."
+def test_demo_leaves_nothing_behind(tmp_path):
+    "A short demo (1 epoch, 2 pruning steps) with the default `--out`: it prints its table and leaves no file anywhere."
     cwd, home, tmp = (tmp_path/n for n in ('cwd', 'home', 'tmp'))
     for d in (cwd, home, tmp): d.mkdir()
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'HOME': str(home), 'TMPDIR': str(tmp), 'OMP_NUM_THREADS': '1'}
@@ -78,17 +78,37 @@ def test_demo_writes_only_in_its_folder(tmp_path):
     r = subprocess.run([force_edu_cmd(), 'demo', '--epochs', '1', '--steps', '2', '--size', '16'], capture_output=True,
                        text=True, timeout=600, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert 'removed at the end' in r.stdout.splitlines()[0], r.stdout
     # libraries' own caches are not the demo's output: matplotlib's font cache in $HOME, torch's (empty) inductor folder in $TMPDIR
     lib_cache = lambda p: 'matplotlib' in p.parts or p.name in ('.cache', '.config') or p.name.startswith('torchinductor_')
-    stray = [p for p in [*cwd.rglob('*'), *home.rglob('*')] if not lib_cache(p)]
+    stray = [p for p in [*cwd.rglob('*'), *home.rglob('*'), *tmp.iterdir()] if not lib_cache(p)]
     assert stray == [], stray
-    made = [p for p in tmp.iterdir() if not lib_cache(p)]
-    assert len(made) == 1 and made[0].is_dir() and str(made[0]) in r.stdout, (made, r.stdout)
-    assert (made[0]/'demo_results.csv').exists()
     header = next(l for l in r.stdout.splitlines() if 'accuracy' in l and 'prune_s' in l)
     for col in ('sparsity', 'dead_layers', 'accuracy', 'prune_s', 'train_s'): assert col in header.split(), header
     table = r.stdout[r.stdout.index(header):]
     for name in ('force', 'random', 'dense'): assert f'\n{name} ' in table, table
+
+def test_demo_out_keeps_its_files(tmp_path, monkeypatch):
+    "With `out` the masks and the table stay there; without it the temporary folder goes, also when a run fails."
+    import tempfile
+    import force_edu.callback as cb
+    from force_edu.masks import Masks
+    import torch.nn as nn
+    def fake_run(run, sparsity, epochs, out, *a):   # the folder logic, without training
+        (Path(out)/'models').mkdir(exist_ok=True); (Path(out)/'models'/'x.pth').write_text('weights')
+        m = None if run == 'dense' else Masks.ones_like(nn.Linear(4, 2))
+        return dict(method=run, sparsity=0. if run == 'dense' else sparsity, dead_layers=0, accuracy=0.5, prune_s=0., train_s=0., masks=m)
+    monkeypatch.setattr(cb, 'demo_run', fake_run)
+    res = cb.run_demo(out=tmp_path/'kept', epochs=1, verbose=False)
+    assert sorted(p.name for p in (tmp_path/'kept').iterdir()) == ['demo_results.csv', 'force_mask.pt', 'models', 'random_mask.pt']
+    assert list(res.index) == ['force', 'random', 'dense']
+    scratch = tmp_path/'scratch'; scratch.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+    cb.run_demo(epochs=1, verbose=False)
+    assert list(scratch.iterdir()) == []
+    monkeypatch.setattr(cb, 'demo_run', lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError): cb.run_demo(epochs=1, verbose=False)
+    assert list(scratch.iterdir()) == []
 
 
 # --- answers before torch is imported ----------------------------------------------------------------------------------

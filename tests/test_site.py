@@ -176,15 +176,17 @@ def _sources():
     for md in [ROOT / 'README.md'] + sorted(NBS.rglob('*.md')) + sorted(NBS.rglob('*.qmd')):
         if md.exists(): yield md, md.read_text(encoding='utf-8')
 
-def broken_links():
+def broken_links(sources=None):
     out, cache = [], {}
-    for page, text in _sources():
+    for page, text in (_sources() if sources is None else sources):
         for link in _links(text):
             if re.match(r'^[a-z][a-z0-9+.-]*:', link, re.I) or link.startswith('//'): continue   # http:, mailto:, ...
             if link.startswith('/'): out.append((page, link, 'an absolute path')); continue
             target, _, anchor = link.partition('#')
             dest = page if not target else _page_for(page.parent, target)
             if dest is None: out.append((page, link, 'no such page')); continue
+            if target.endswith('.html') and dest.suffix == '.ipynb':   # works on the site only, not on GitHub or in Jupyter
+                out.append((page, link, f'a site-only name: link {dest.name}, the notebook')); continue
             if anchor and dest.suffix == '.ipynb':
                 if dest not in cache: cache[dest] = anchors(dest)
                 if anchor not in cache[dest]: out.append((page, link, f'no heading with this anchor in {_rel(dest)}'))
@@ -203,6 +205,8 @@ def test_link_checker_finds_broken_links(tmp_path):
     assert _page_for(tmp_path, '01_a.ipynb') == tmp_path / '01_a.ipynb'
     assert _page_for(tmp_path, 'b.html') is None
     assert list(_links('see [x](01_a.ipynb#kept), `[not](a link)` and <a href="a.html">y</a>')) == ['01_a.ipynb#kept', 'a.html']
+    page = tmp_path / '02_b.ipynb'   # a link to a site page (nbdev's name for 01_a.ipynb) works on the site only
+    assert [(l, why.split(':')[0]) for _, l, why in broken_links([(page, 'see [a](a.html) and [a](01_a.ipynb)')])] == [('a.html', 'a site-only name')]
 
 
 # --- the repository stands alone ----------------------------------------------------------------------------------------
@@ -219,3 +223,49 @@ def test_no_reference_outside_the_repository():
         except (UnicodeDecodeError, OSError): continue
         hits += [f'{f}: {s}' for s in OUTSIDE if s in text]
     assert not hits, 'references to files outside the repository:\n' + '\n'.join(hits)
+
+
+# --- saved outputs say nothing about the machine that made them ------------------------------------------------------
+
+MACHINE_PATH = re.compile(r"/root/|/home/[\w.-]+/|/Users/[\w.-]+/|[A-Z]:\\\\Users|/tmp/[\w.-]+|site-packages|/\.pyenv/|/work/")
+
+def machine_paths(text:str) -> list[str]:
+    "Paths in `text` that belong to one machine: home folders, temporary folders, a Python installation."
+    return [m.group(0) for m in MACHINE_PATH.finditer(text)]
+
+def _output_text(o):
+    data = o.get('data', {})
+    return ''.join(o.get('text', '')) + ''.join(data.get('text/plain', '')) + ''.join(data.get('text/markdown', '')) + \
+           ''.join(data.get('text/html', '')) + ''.join(o.get('traceback', []))
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=_rel)
+def test_no_machine_specific_path_in_outputs(path):
+    "A saved output shows what a reader gets, not where the author's files were: relative paths, `~`, placeholders."
+    hits = [f"{c.get('id')}: {p}" for c in _cells(path) if c['cell_type'] == 'code'
+            for o in c.get('outputs', []) for p in machine_paths(_output_text(o))]
+    assert not hits, f"{_rel(path)}: machine-specific paths in saved outputs: " + '; '.join(sorted(set(hits))[:10])
+
+def test_machine_path_detector():
+    assert machine_paths('writing to /tmp/force_edu_callback_s3yr3j07/demo') == ['/tmp/force_edu_callback_s3yr3j07']
+    assert machine_paths('/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/torch/jit/_script.py') != []
+    assert machine_paths("'where': '~/.fastai/data/cifar10'") == []
+    assert machine_paths('/usr/share/datasets/fashion-mnist') == []   # where Debian installs the data set, on every machine
+
+
+# --- the notebooks leave nothing behind in the temporary folder ---------------------------------------------------------
+
+def unremoved_temporary_folders(code:str) -> list[str]:
+    "Variables bound to `tempfile.mkdtemp()` in `code` that `shutil.rmtree` never removes (a `TemporaryDirectory` removes itself)."
+    made = re.findall(r'(\w+)\s*=\s*(?:Path\()?tempfile\.mkdtemp\(', code)
+    return [v for v in made if not re.search(rf'shutil\.rmtree\(\s*{v}\b', code)]
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=_rel)
+def test_notebooks_remove_their_temporary_folders(path):
+    code = '\n'.join(_src(c) for c in _cells(path) if c['cell_type'] == 'code')
+    left = unremoved_temporary_folders(code)
+    assert not left, f"{_rel(path)}: tempfile.mkdtemp() folders never removed: {left} (use tempfile.TemporaryDirectory)"
+
+def test_temporary_folder_detector():
+    assert unremoved_temporary_folders("tmp = Path(tempfile.mkdtemp(prefix='x'))\nprint(tmp)") == ['tmp']
+    assert unremoved_temporary_folders("d = tempfile.mkdtemp()\nshutil.rmtree(d)") == []
+    assert unremoved_temporary_folders("_s = tempfile.TemporaryDirectory()\ntmp = Path(_s.name)") == []
