@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/methods.html.md"""
 
 # %% ../nbs/02_methods.ipynb #065f7964
 from __future__ import annotations
-import math, numbers, os, time
+import math, numbers, os, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +28,7 @@ from .diagnose import *
 from .diagnose import _first_tensor
 
 # %% auto #0
-__all__ = ['SCHEDULE_MODES', 'METHODS', 'SALIENCY_LOSSES', 'sparsity_schedule', 'repeat_batches', 'tempered_loss',
+__all__ = ['SCHEDULE_MODES', 'METHODS', 'SALIENCY_LOSSES', 'sparsity_schedule', 'repeat_batches', 'bars_shown', 'tempered_loss',
            'check_temperature', 'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'PruningJob',
            'prune_at_init', 'model_fingerprint', 'same_fingerprint']
 
@@ -70,6 +70,15 @@ def repeat_batches(dl:Iterable, # a re-iterable source of batches (DataLoader, l
             i += 1
             if n is not None and i >= n: return
         if empty: raise ValueError("the data loader is empty: it yields no batch")
+
+# %% ../nbs/02_methods.ipynb #bars-shown
+def bars_shown() -> bool:
+    "Whether a progress bar would be seen: in a notebook, or on a terminal (not in a file or a pipe, where a bar is noise)."
+    if fastprogress.fastprogress.NO_BAR: return False
+    if fastprogress.fastprogress.IN_NOTEBOOK: return True
+    out = sys.stdout
+    return bool(getattr(out, 'isatty', None) and out.isatty())   # fastprogress's own `printing()` takes any stdout for a terminal
+
 
 # %% ../nbs/02_methods.ipynb #8a070a80
 def tempered_loss(loss_func:Callable, # the saliency loss `loss_func(output, target)`
@@ -287,7 +296,7 @@ class PruningJob:
         r = range(len(self.schedule))
         # fastprogress's console bar prints a probe character ('█\r') when it is created, even where it then draws nothing
         # (output to a file or a pipe, `NO_BAR`): create it only where it is drawn
-        return progress_bar(r, leave=False) if self.progress and len(r) > 1 and fastprogress.fastprogress.printing() else r
+        return progress_bar(r, leave=False) if self.progress and len(r) > 1 and bars_shown() else r
 
     def step_done(self, t:int, c:Tensor):
         "Record step `t` and call `on_step(t, k_t, Masks)` if given."

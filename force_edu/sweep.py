@@ -25,7 +25,7 @@ from fastprogress.fastprogress import master_bar, progress_bar
 from .masks import *
 from .sensitivity import check_bn_mode, raw_logit_nll
 from .methods import METHODS, SALIENCY_LOSSES, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init, check_temperature, BalancedBatches
-from .methods import repeat_batches
+from .methods import repeat_batches, bars_shown
 from .sanity import ablate
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
 
@@ -498,8 +498,8 @@ class Sweep:
             f"{self.cfg['arch']} on {self.cfg['data']}, {self.m:,} prunable weights")
         old_threads = torch.get_num_threads()
         if threads: torch.set_num_threads(threads)
-        # the bars only where fastprogress draws them (a notebook or a terminal): elsewhere its console bar prints a stray '█\r'
-        mb = master_bar(range(len(todo))) if progress and todo and fastprogress.fastprogress.printing() else None
+        # the bars only where someone sees them (a notebook or a terminal): in a file or a pipe they are noise
+        mb = master_bar(range(len(todo))) if progress and todo and bars_shown() else None
         t0 = time.perf_counter()
         try:
             for i in (mb if mb is not None else range(len(todo))):

@@ -286,3 +286,29 @@ def test_nan_saliency_names_its_layers():
     with pytest.raises(ValueError, match=r"snip: the saliency scores of 2 layers \(0, 2\) contain NaN; .*larger") as e:
         prune_at_init(model, [(torch.randn(4, 4), torch.randint(0, 3, (4,)))], 0.5, 'snip', loss_func=nan_grad)
     assert '\n' not in str(e.value)
+
+
+def test_pruning_warning_points_at_the_callers_line():
+    "The warning names the user's line (their `prune_at_init` or `fit` call), not a line inside force_edu, fastai or torch."
+    import inspect, warnings
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from force_edu.callback import PruneAtInitCallback
+    from force_edu.diagnose import PruningWarning
+    torch.manual_seed(0)
+    net = lambda: nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always', PruningWarning)
+        line = inspect.currentframe().f_lineno + 1
+        prune_at_init(net(), [(x[:16], y[:16])], 0.97, 'snip')
+    assert [(r.filename, r.lineno) for r in w if r.category is PruningWarning] == [(__file__, line)]
+    ds = list(zip(x, y))
+    learn = Learner(DataLoaders.from_dsets(ds[:24], ds[24:], bs=8, device='cpu'), net(), loss_func=F.cross_entropy,
+                    cbs=PruneAtInitCallback(0.97, 'snip', verbose=False))
+    learn.logger = lambda *a, **k: None
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always', PruningWarning)
+        line = inspect.currentframe().f_lineno + 1
+        learn.fit(1)
+    assert [(r.filename, r.lineno) for r in w if r.category is PruningWarning] == [(__file__, line)]

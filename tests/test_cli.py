@@ -178,3 +178,13 @@ def test_sweep_error_after_import_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stdout == '', r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "unknown architecture 'vgg99'" in r.stderr, r.stderr
     assert not (tmp_path/'sw').exists()   # and no warning from torch or fastai: the error is the only line
+
+
+def test_sweep_draws_no_bar_into_a_pipe(tmp_path):
+    "Output that is not a terminal (a file, a pipe, CI's log) gets plain lines, no progress bars."
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([force_edu_cmd(), 'sweep', '--data', 'digits', '--arch', 'vgg', '--width', '8', '--methods', 'snip',
+                        '--sparsities', '0.5', '--epochs', '1', '--n-train', '256', '--no-dense', '--out', str(tmp_path/'sw')],
+                       capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'accuracy' in r.stdout and '█' not in r.stdout + r.stderr and '\r' not in r.stdout, r.stdout[:500]
