@@ -63,8 +63,8 @@ Where the time goes (cProfile and torch.profiler, FORCE, ResNet-50 at CIFAR size
   (ratio 1.51 at T=5): the masked copy `theta * c` with a boolean c (PyTorch converts bool to float 5x slower than
   bytes: 0.09 s), `(theta * grad).abs_()` into new tensors (0.04 s), `torch.cat` of the saliencies into a 94 MB vector
   (0.04 s: a fresh mapping, page-faulted in), the top-k over it (0.1 s), a `div_` by the batch count even when it is 1.
-- Now (`force_edu.speed.topk_mask`, `force_edu.speed.FastMaskedLoss.grads`, `force_edu.methods._progressive`):
-  the saliency |theta * grad| is computed in place in the gradients by the top-k's own pass (`topk_mask(grads, k,
+- Now (`force_edu.speed.fast_topk_mask`, `force_edu.speed.FastMaskedLoss.grads`, `force_edu.methods._progressive`):
+  the saliency |theta * grad| is computed in place in the gradients by the top-k's own pass (`fast_topk_mask(grads, k,
   scale=theta)`), which reads the layers where they are, 64K scores at a time (no concatenation); the masks go into one
   reused boolean buffer; `theta * c` reads c as bytes, piece by piece. A step now costs ~0.18 s over a dense pass:
   - the top-k with the saliency: 0.10 s. Per 64K piece: `mul_` + `abs_`, `ge` into the mask, `gt`, a count, a `sum`

@@ -1,4 +1,4 @@
-"""The global top-k of `force_edu.speed.topk_mask` (what the library calls) against the implementation it replaced, on ResNet-50's 23.5M scores.
+"""The global top-k of `force_edu.speed.fast_topk_mask` (what the library calls) against the implementation it replaced, on ResNet-50's 23.5M scores.
 
     python benchmarks/topk_speed.py --threads 1 --out benchmarks/results/topk_cpu.json
 
@@ -55,8 +55,8 @@ def main(m:int=23_520_842, # number of scores (about ResNet-50's 23.5M prunable 
          threads:int=1, # torch CPU threads
          out:str='benchmarks/results/topk_cpu.json', # where the JSON goes ('' for none)
         ):
-    "Time the current `topk_mask` against the former one."
-    from force_edu.speed import topk_mask
+    "Time the current `fast_topk_mask` against the former one."
+    from force_edu.speed import fast_topk_mask as topk_mask
     from pruning_speed import side_by_side, machine_info
     torch.set_num_threads(threads)
     rows = []

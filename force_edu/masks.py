@@ -13,9 +13,12 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.nn.utils import prune   # only to read and convert models pruned by earlier versions
 from torch.utils.weak import WeakIdKeyDictionary
+from fastcore.basics import patch
 
+# models pruned by earlier versions, and the zeros written from the kept entries: see "Masks: engineering" (14)
+from .masks_engineering import _params_of, _legacy_attrs, _legacy_mask, _unprune_legacy
+from .masks_engineering import _zero_unkept_, _forget_kept_index
 
 # %% auto #0
 __all__ = ['PRUNABLE_TYPES', 'WEIGHT_GROUPS', 'document_parameters', 'weight_key', 'holders', 'prunable_weights',
@@ -76,8 +79,7 @@ def holders(model:nn.Module, # any network
     "Every `(module name, module, attribute)` that holds each parameter of `model`, keyed by the parameter's `id`."
     out = {}
     for n, mod in model.named_modules(remove_duplicate=False):
-        for a, p in mod._parameters.items():
-            if a == 'weight_orig': a = 'weight'   # pruned by `torch.nn.utils.prune` (an earlier version of this package)
+        for a, p in _params_of(mod).items():   # `mod._parameters`, by the names the model uses (see Masks: engineering)
             if p is not None and (n, a) not in [(h[0], h[2]) for h in out.get(id(p), [])]: out.setdefault(id(p), []).append((n, mod, a))
     return out
 
@@ -93,7 +95,7 @@ def prunable_weights(model:nn.Module, # the network whose weights may be pruned
         if isinstance(mod, nn.MultiheadAttention) and attrs: attrs.append('out_proj.weight')
         for a in attrs:
             m2, a2 = (mod.out_proj, 'weight') if a == 'out_proj.weight' else (mod, a)
-            p = m2._parameters.get('weight_orig' if a2 == 'weight' and 'weight_orig' in m2._parameters else a2)
+            p = _params_of(m2).get(a2)
             if p is None or id(p) in seen: continue
             seen.add(id(p))
             hs = owners[id(p)]
@@ -101,7 +103,6 @@ def prunable_weights(model:nn.Module, # the network whose weights may be pruned
     if not out: raise ValueError(_none_prunable(model, types))
     order = {n: i for i, (n, _) in enumerate(model.named_modules(remove_duplicate=False))}
     return dict(sorted(out.items(), key=lambda kv: order[kv[1][0][0]]))   # in the order of each weight's first holder
-
 
 # %% ../nbs/00_masks.ipynb #prunable-helpers
 def _none_prunable(model, types) -> str:
@@ -125,13 +126,13 @@ def weight_of(holder:list, # a value of `prunable_weights`: the (module name, mo
              ) -> Tensor:
     "The weight tensor that the holders (a value of `prunable_weights`) share."
     n, mod, a = holder[0]
-    return mod._parameters['weight_orig'] if a == 'weight' and 'weight_orig' in mod._parameters else getattr(mod, a)
+    p = _params_of(mod).get(a)
+    return getattr(mod, a) if p is None else p
 
 def n_parameters(model:nn.Module, # any network
                 ) -> int:
     "The number of distinct parameters of `model` (a tied or shared tensor counted once)."
     return sum(p.numel() for p in model.parameters())
-
 
 # %% ../nbs/00_masks.ipynb #744c35ce
 def check_sparsity(sparsity:float, # fraction of prunable weights to remove, in [0, 1)
@@ -187,7 +188,7 @@ def topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor
         keep[torch.sort(s, descending=True, stable=True).indices[:k]] = True   # equal scores stay in index order
     return keep if out is None else out.view(-1).copy_(keep)
 
-# %% ../nbs/00_masks.ipynb #a983675c
+# %% ../nbs/00_masks.ipynb #as-mask
 def _fmt_shape(s): return '×'.join(str(d) for d in s)
 
 def _as_mask(name:str, c) -> Tensor:
@@ -204,6 +205,7 @@ def _as_mask(name:str, c) -> Tensor:
                              f"or keep the top k of saliency scores with `masks_from_scores(scores, k)`")
     return t.to('cpu', torch.bool)
 
+# %% ../nbs/00_masks.ipynb #a983675c
 class Masks(Mapping):
     "One boolean mask per prunable layer (the paper's $c$, split by layer), keyed by the layer's qualified name."
     def __init__(self,
@@ -223,75 +225,113 @@ class Masks(Mapping):
                 and all(self[n].shape == other[n].shape and torch.equal(self[n], other[n]) for n in self))
     __hash__ = None
 
-    @classmethod
-    def ones_like(cls, model:nn.Module, layer_types=PRUNABLE_TYPES) -> Masks:
-        "The dense mask $c = 1$ for `model`."
-        c = cls({k: torch.ones_like(weight_of(h), dtype=torch.bool) for k, h in prunable_weights(model, layer_types).items()})
-        c.model_params = n_parameters(model)
-        return c
+# %% ../nbs/00_masks.ipynb #masks-counts
+@patch(as_prop=True)
+def shapes(self:Masks) -> dict[str, torch.Size]:
+    "The shape of each layer's mask."
+    return {n: c.shape for n, c in self.masks.items()}
 
-    @classmethod
-    def from_flat(cls, flat:Tensor, shapes:Mapping[str, torch.Size]) -> Masks:
-        "Split a flat boolean vector into one mask per layer, in the order of `shapes`."
-        sizes = [math.prod(s) for s in shapes.values()]
-        if flat.numel() != sum(sizes): raise ValueError(f"flat mask has {flat.numel()} entries, the layers {sum(sizes)}")
-        parts = flat.detach().reshape(-1).to('cpu', torch.bool).split(sizes)
-        return cls({n: p.view(s) for (n, s), p in zip(shapes.items(), parts)})
+@patch(as_prop=True)
+def total(self:Masks) -> int:
+    "$m$: the number of weights the masks cover."
+    return sum(c.numel() for c in self.masks.values())
 
-    def flat(self) -> Tensor:
-        "All layers' masks concatenated, in layer order."
-        return torch.cat([c.reshape(-1) for c in self.masks.values()])
+@patch(as_prop=True)
+def kept(self:Masks) -> int:
+    "$k = \\|c\\|_0$: the number of weights kept."
+    return sum(int(torch.count_nonzero(c)) for c in self.masks.values())
 
-    @property
-    def shapes(self) -> dict[str, torch.Size]: return {n: c.shape for n, c in self.masks.items()}
-    @property
-    def total(self) -> int: return sum(c.numel() for c in self.masks.values())
-    @property
-    def kept(self) -> int: return sum(int(torch.count_nonzero(c)) for c in self.masks.values())
-    @property
-    def density(self) -> float: return self.kept / self.total
-    @property
-    def sparsity(self) -> float: return 1 - self.density
-    def layer_kept(self) -> dict[str, int]: return {n: int(torch.count_nonzero(c)) for n, c in self.masks.items()}
-    def layer_density(self) -> dict[str, float]: return {n: int(c.sum()) / c.numel() for n, c in self.masks.items()}
-    @property
-    def dead_layers(self) -> list[str]:
-        "Layers whose every weight is pruned (density 0)."
-        return [n for n, c in self.masks.items() if not c.any()]
+@patch(as_prop=True)
+def density(self:Masks) -> float:
+    "$k/m$: the share of weights kept."
+    return self.kept / self.total
 
-    def overlap(self, other:Masks) -> float:
-        "Intersection over union of the kept weights of two masks on the same layers."
-        if self.shapes != other.shapes: raise ValueError("masks cover different layers or shapes")
-        a, b = self.flat(), other.flat()
-        return int((a & b).sum()) / max(int((a | b).sum()), 1)
+@patch(as_prop=True)
+def sparsity(self:Masks) -> float:
+    "$s = 1 - k/m$: the share of weights pruned."
+    return 1 - self.density
 
-    def table(self):
-        "Per-layer statistics as a `pandas.DataFrame`."
-        import pandas as pd
-        return pd.DataFrame([dict(layer=n, shape=_fmt_shape(c.shape), kept=int(c.sum()), total=c.numel(),
-                                  density=int(c.sum()) / c.numel()) for n, c in self.masks.items()]).set_index('layer')
+# %% ../nbs/00_masks.ipynb #masks-layers
+@patch
+def layer_kept(self:Masks) -> dict[str, int]:
+    "The number of weights kept in each layer."
+    return {n: int(torch.count_nonzero(c)) for n, c in self.masks.items()}
 
-    @property
-    def coverage(self) -> float|None:
-        "The share of the model's parameters that the mask covers (`None` when the model is not known)."
-        return self.total / self.model_params if self.model_params else None
+@patch
+def layer_density(self:Masks) -> dict[str, float]:
+    "The share of weights kept in each layer."
+    return {n: int(c.sum()) / c.numel() for n, c in self.masks.items()}
 
-    def summary(self) -> str:
-        "One line: layers, weights kept, density, sparsity, dead layers, and the share of the model the mask covers."
-        dead, cov = self.dead_layers, self.coverage
-        return (f"{len(self)} prunable layers, {self.kept:,} of {self.total:,} weights kept "
-                f"(density {self.density:.4%}, sparsity {self.sparsity:.4%}), "
-                f"{len(dead)} dead layer{'s' * (len(dead) != 1)}" + (f": {', '.join(dead)}" if dead else "")
-                + (f"; the prunable weights are {cov:.2%} of the model's {self.model_params:,} parameters" if cov else ""))
+@patch(as_prop=True)
+def dead_layers(self:Masks) -> list[str]:
+    "Layers whose every weight is pruned (density 0)."
+    return [n for n, c in self.masks.items() if not c.any()]
 
-    def __repr__(self):
-        w = max([len('layer')] + [len(n) for n in self])
-        rows = [f"Masks: {self.summary()}", f"  {'layer':<{w}}  {'shape':>16}  {'kept':>10}  {'total':>10}  density"]
-        for n, c in self.masks.items():
-            kept = int(c.sum())
-            rows.append(f"  {n:<{w}}  {_fmt_shape(c.shape):>16}  {kept:>10,}  {c.numel():>10,}  {kept/c.numel():7.2%}"
-                        + ("  dead" if kept == 0 else ""))
-        return '\n'.join(rows)
+# %% ../nbs/00_masks.ipynb #masks-flat
+@patch
+def flat(self:Masks) -> Tensor:
+    "All layers' masks concatenated, in layer order."
+    return torch.cat([c.reshape(-1) for c in self.masks.values()])
+
+@patch(cls_method=True)
+def from_flat(cls:Masks, flat:Tensor, # a boolean (or 0/1) vector of one entry per weight, the layers in order
+              shapes:Mapping[str, torch.Size], # layer name -> the shape of its weight, in layer order
+             ) -> Masks:
+    "Split a flat boolean vector into one mask per layer, in the order of `shapes`."
+    sizes = [math.prod(s) for s in shapes.values()]
+    if flat.numel() != sum(sizes): raise ValueError(f"flat mask has {flat.numel()} entries, the layers {sum(sizes)}")
+    parts = flat.detach().reshape(-1).to('cpu', torch.bool).split(sizes)
+    return cls({n: p.view(s) for (n, s), p in zip(shapes.items(), parts)})
+
+@patch(cls_method=True)
+def ones_like(cls:Masks, model:nn.Module, # the network to prune
+              layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
+             ) -> Masks:
+    "The dense mask $c = 1$ for `model`."
+    c = cls({k: torch.ones_like(weight_of(h), dtype=torch.bool) for k, h in prunable_weights(model, layer_types).items()})
+    c.model_params = n_parameters(model)
+    return c
+
+# %% ../nbs/00_masks.ipynb #masks-overlap
+@patch
+def overlap(self:Masks, other:Masks, # a mask of the same layers, with the same shapes
+           ) -> float:
+    "Intersection over union of the kept weights of two masks on the same layers."
+    if self.shapes != other.shapes: raise ValueError("masks cover different layers or shapes")
+    a, b = self.flat(), other.flat()
+    return int((a & b).sum()) / max(int((a | b).sum()), 1)
+
+# %% ../nbs/00_masks.ipynb #masks-print
+@patch
+def table(self:Masks):
+    "Per-layer statistics as a `pandas.DataFrame`."
+    import pandas as pd
+    return pd.DataFrame([dict(layer=n, shape=_fmt_shape(c.shape), kept=int(c.sum()), total=c.numel(),
+                              density=int(c.sum()) / c.numel()) for n, c in self.masks.items()]).set_index('layer')
+
+@patch(as_prop=True)
+def coverage(self:Masks) -> float|None:
+    "The share of the model's parameters that the mask covers (`None` when the model is not known)."
+    return self.total / self.model_params if self.model_params else None
+
+@patch
+def summary(self:Masks) -> str:
+    "One line: layers, weights kept, density, sparsity, dead layers, and the share of the model the mask covers."
+    dead, cov = self.dead_layers, self.coverage
+    return (f"{len(self)} prunable layers, {self.kept:,} of {self.total:,} weights kept "
+            f"(density {self.density:.4%}, sparsity {self.sparsity:.4%}), "
+            f"{len(dead)} dead layer{'s' * (len(dead) != 1)}" + (f": {', '.join(dead)}" if dead else "")
+            + (f"; the prunable weights are {cov:.2%} of the model's {self.model_params:,} parameters" if cov else ""))
+
+@patch
+def __repr__(self:Masks):
+    w = max([len('layer')] + [len(n) for n in self])
+    rows = [f"Masks: {self.summary()}", f"  {'layer':<{w}}  {'shape':>16}  {'kept':>10}  {'total':>10}  density"]
+    for n, c in self.masks.items():
+        kept = int(c.sum())
+        rows.append(f"  {n:<{w}}  {_fmt_shape(c.shape):>16}  {kept:>10,}  {c.numel():>10,}  {kept/c.numel():7.2%}"
+                    + ("  dead" if kept == 0 else ""))
+    return '\n'.join(rows)
 
 # %% ../nbs/00_masks.ipynb #138d551d
 def masks_from_scores(scores:Mapping[str, Tensor], # layer name -> saliency, shaped like the weight
@@ -303,14 +343,17 @@ def masks_from_scores(scores:Mapping[str, Tensor], # layer name -> saliency, sha
 # %% ../nbs/00_masks.ipynb #f85c3558
 _FORMAT = 'force_edu.Masks'
 
-def _save(self:Masks, path): 
+@patch
+def save(self:Masks, path, # the file to write
+        ):
     "Save to `path` (a dict of boolean tensors, loadable with `weights_only=True`)."
     path = Path(path)
     torch.save({'format': _FORMAT, 'version': 1, 'masks': self.masks}, path)
     return path
 
-def _load(cls, path, # a file written by `Masks.save`
-         ) -> Masks:
+@patch(cls_method=True)
+def load(cls:Masks, path, # a file written by `Masks.save`
+        ) -> Masks:
     "Load masks saved by `Masks.save`, with `torch.load(weights_only=True)`."
     try: d = torch.load(Path(path), map_location='cpu', weights_only=True)
     except FileNotFoundError: raise
@@ -320,9 +363,6 @@ def _load(cls, path, # a file written by `Masks.save`
         raise ValueError(f"{path} is not a force_edu mask file (written by Masks.save)")
     return cls(d['masks'])
 
-Masks.save = _save
-Masks.load = classmethod(_load)
-
 # %% ../nbs/00_masks.ipynb #de9a5140
 _KEEP = 'weight_keep'   # the non-persistent boolean buffer a pruned `weight` has beside it: its mask (True: kept)
 def _keep_name(attr:str) -> str: return _KEEP if attr == 'weight' else f"{attr}_keep"   # e.g. 'in_proj_weight_keep'
@@ -331,38 +371,22 @@ def _masked_attrs(mod:nn.Module) -> list[str]:
     "The parameters of `mod` that carry a mask: a boolean `<attr>_keep` buffer beside parameter `attr`."
     return [b[:-5] for b, t in mod._buffers.items() if b.endswith('_keep') and isinstance(t, Tensor) and b[:-5] in mod._parameters]
 
-def _is_legacy(module) -> bool:
-    "Pruned by `torch.nn.utils.prune` (`weight_orig` x `weight_mask`), e.g. by force_edu before issue 17 or by hand."
-    return hasattr(module, 'weight_mask') and hasattr(module, 'weight_orig')
+def _pruned_attrs(mod:nn.Module) -> list[str]:
+    "The parameters of `mod` that carry a mask: `Masks.apply`'s, or one of `torch.nn.utils.prune` (an earlier version of this package)."
+    return _masked_attrs(mod) + _legacy_attrs(mod)
 
 def is_pruned(module:nn.Module, # any module, e.g. a value of `prunable_layers(model)`
              ) -> bool:
     "Whether `module` carries a mask: a `weight_keep` (or `<attr>_keep`) buffer of `Masks.apply`, or `torch.nn.utils.prune`'s `weight_mask`."
-    return bool(_masked_attrs(module)) or _is_legacy(module)
-
-def _kept_index(mod:nn.Module, attr:str='weight') -> Tensor:
-    "The flat indices of the kept entries of `mod`'s mask of `attr`, computed once per mask tensor (a new one after `.to(device)`)."
-    keep, cache = mod._buffers[_keep_name(attr)], mod.__dict__.setdefault('_keep_index', {})
-    cached = cache.get(attr)
-    if cached is None or cached[0] is not keep: cached = cache[attr] = (keep, keep.reshape(-1).nonzero().squeeze(1))
-    return cached[1]
-
-@torch.no_grad()
-def _zero_pruned_(t:Tensor|None, mod:nn.Module, attr:str='weight'):
-    "Set the entries of `t` (`mod`'s parameter `attr` or its gradient) that its mask prunes to exactly 0, in place, NaN and inf included."
-    if t is None: return
-    idx = _kept_index(mod, attr)
-    if not t.is_contiguous() or idx.device != t.device:   # e.g. channels_last: the mask, read in the weight's own order
-        t.masked_fill_(~mod._buffers[_keep_name(attr)].to(t.device), 0)
-        return
-    flat = t.view(-1)
-    if idx.numel() == flat.numel(): return   # a dense layer
-    kept = flat.index_select(0, idx)         # only the kept entries are read twice; a memset writes the zeros
-    flat.zero_()
-    flat.index_copy_(0, idx, kept)
+    return bool(_pruned_attrs(module))
 
 def _masked_modules(model:nn.Module):
     return [m for m in model.modules() if _masked_attrs(m)]
+
+# %% ../nbs/00_masks.ipynb #zero-pruned
+def _zero_pruned_(t:Tensor|None, mod:nn.Module, attr:str='weight'):
+    "Set the entries of `t` (`mod`'s parameter `attr` or its gradient) that its mask prunes to exactly 0, in place, NaN and inf included."
+    if t is not None: _zero_unkept_(t, mod._buffers[_keep_name(attr)], mod, attr)   # `t.masked_fill_(~keep, 0)`
 
 def zero_pruned_grads(model:nn.Module, # a model pruned by `Masks.apply`
                      ) -> nn.Module:
@@ -377,7 +401,6 @@ def zero_pruned_weights(model:nn.Module, # a model pruned by `Masks.apply`
     for m in _masked_modules(model):
         for a in _masked_attrs(m): _zero_pruned_(getattr(m, a), m, a)
     return model
-
 
 # %% ../nbs/00_masks.ipynb #grad-hooks
 _GRAD_HOOKS = WeakIdKeyDictionary()   # parameter -> handle of its gradient-mask hook (never pickled or deep-copied)
@@ -416,9 +439,9 @@ def _holders_of(masks:Masks, model:nn.Module) -> dict[str, list]:
     "For each weight of `masks`, its holders in `model` (see `holders`); a `ValueError` naming each one that does not fit."
     modules, owners, out, problems = dict(model.named_modules()), holders(model), {}, []
     for k, c in masks.items():
-        n, a = (k, 'weight') if k in modules and {'weight', 'weight_orig'} & set(modules[k]._parameters) else k.rpartition('.')[::2]
+        n, a = (k, 'weight') if k in modules and 'weight' in _params_of(modules[k]) else k.rpartition('.')[::2]
         mod = modules.get(n)
-        p = None if mod is None else mod._parameters.get('weight_orig' if a == 'weight' and _is_legacy(mod) else a)
+        p = None if mod is None else _params_of(mod).get(a)
         if p is None: problems.append(f"no layer named {k!r}")
         elif tuple(p.shape) != tuple(c.shape): problems.append(f"layer {k!r}: mask {_fmt_shape(c.shape)} vs weight {_fmt_shape(p.shape)}")
         else: out[k] = owners[id(p)]
@@ -427,40 +450,31 @@ def _holders_of(masks:Masks, model:nn.Module) -> dict[str, list]:
                          f"{'; ...' if len(problems) > 5 else ''}); were they computed for another architecture?")
     return out
 
-def _check_fits(self:Masks, model:nn.Module):
+@patch
+def check(self:Masks, model:nn.Module, # the model the masks should fit
+         ):
     "Raise a `ValueError` naming every weight of `self` that `model` lacks or that has another shape."
     _holders_of(self, model)
 
-def _in_place_of(mod:nn.Module, old:str, new:str, order:list):
-    "Move parameter `new` of `mod` to where `old` was in `order` (its parameter names before the change)."
-    want = [k2 for k2 in (new if k == old else k for k in order) if k2 in mod._parameters]
-    want += [k for k in mod._parameters if k not in want]
-    if want != list(mod._parameters):
-        items = [(k, mod._parameters.pop(k)) for k in want]
-        mod._parameters.update(items)
-
-def _unprune_legacy(mod:nn.Module):
-    "`torch.nn.utils.prune.remove` on a legacy-pruned layer: `weight` = `weight_orig` x `weight_mask`, the same `Parameter`, in its place."
-    order = list(mod._parameters)
-    prune.remove(mod, 'weight')
-    _in_place_of(mod, 'weight_orig', 'weight', order)   # optimizers index their state by position
-
 def _current_mask(mod:nn.Module, attr:str='weight') -> Tensor:
-    return (mod.weight_mask if attr == 'weight' and _is_legacy(mod) else mod._buffers[_keep_name(attr)]).detach().bool().cpu()
-
+    "The mask that `mod` carries for its parameter `attr`, as a boolean CPU tensor."
+    keep = _legacy_mask(mod, attr)   # a layer pruned by an earlier version: its `weight_mask`
+    return (mod._buffers[_keep_name(attr)] if keep is None else keep).detach().bool().cpu()
 
 # %% ../nbs/00_masks.ipynb #apply-masks
-def _apply(self:Masks, model:nn.Module, # the model to prune in place
-          ) -> nn.Module:
+@patch
+@document_parameters
+def apply(self:Masks, model:nn.Module, # the model to prune in place
+         ) -> nn.Module:
     "Prune `model` in place: pruned weights become exactly 0 in the same plain `Parameter`s and their gradients are masked, so any optimizer keeps them 0; each layer keeps its mask as a `weight_keep` buffer (not in the state dict)."
     hs = _holders_of(self, model)
     for k, c in self.masks.items():
         for n, mod, a in hs[k]:
-            if (a in _masked_attrs(mod) or (a == 'weight' and _is_legacy(mod))) and not torch.equal(_current_mask(mod, a), c):
+            if a in _pruned_attrs(mod) and not torch.equal(_current_mask(mod, a), c):
                 raise ValueError(f"layer {k!r} already carries a different pruning mask; call `Masks.remove(model)` first")
     for k, c in self.masks.items():
         for n, mod, a in hs[k]:   # every module holding the weight (a tied or shared one has several) carries the mask
-            if a == 'weight' and _is_legacy(mod): _unprune_legacy(mod)   # pruned by force_edu before issue 17: plain weights now
+            if a in _legacy_attrs(mod): _unprune_legacy(mod)   # pruned by an earlier version: a plain weight first
             if a not in _masked_attrs(mod):
                 mod.register_buffer(_keep_name(a), c.to(getattr(mod, a).device), persistent=False)
                 _add_hook(mod._load_state_dict_post_hooks, _zero_after_load, mod.register_load_state_dict_post_hook)
@@ -471,31 +485,34 @@ def _apply(self:Masks, model:nn.Module, # the model to prune in place
         _hook_grad(mod, a)
     return model
 
-def _remove(self:Masks, model:nn.Module, # a model pruned with `Masks.apply`
-           ) -> nn.Module:
+# %% ../nbs/00_masks.ipynb #remove-masks
+@patch
+def remove(self:Masks, model:nn.Module, # a model pruned with `Masks.apply`
+          ) -> nn.Module:
     "Make the pruning permanent: the layers forget their masks and hooks; the weights keep their zeros (in the same `Parameter`s)."
     for k, hs in _holders_of(self, model).items():
         for n, mod, a in hs:
-            if a == 'weight' and _is_legacy(mod): _unprune_legacy(mod)
+            if a in _legacy_attrs(mod): _unprune_legacy(mod)   # pruned by an earlier version: a plain weight, unpruned
             if a not in _masked_attrs(mod): continue
             _zero_pruned_(getattr(mod, a), mod, a)
             handle = _GRAD_HOOKS.pop(mod._parameters[a], None)
             if handle is not None: handle.remove()
             del mod._buffers[_keep_name(a)]
-            mod.__dict__.get('_keep_index', {}).pop(a, None)
+            _forget_kept_index(mod, a)
             if not _masked_attrs(mod):
                 _drop_hook(mod._load_state_dict_post_hooks, _zero_after_load)
                 _drop_hook(mod._forward_pre_hooks, _mask_grads)
     return model
 
-def _from_model(cls, model:nn.Module, # a pruned model (by `Masks.apply`, a pruning callback, or `torch.nn.utils.prune`)
-               ) -> Masks:
+# %% ../nbs/00_masks.ipynb #from-model
+@patch(cls_method=True)
+def from_model(cls:Masks, model:nn.Module, # a pruned model (by `Masks.apply`, a pruning callback, or `torch.nn.utils.prune`)
+              ) -> Masks:
     "Read back the masks a pruned model carries (e.g. after `load_learner`), each shared weight once."
     ms, owners = {}, holders(model)
     for n, mod in model.named_modules():
-        for a in _masked_attrs(mod) + (['weight'] if _is_legacy(mod) else []):
-            p = mod._parameters['weight_orig' if a == 'weight' and _is_legacy(mod) else a]
-            n0, _, a0 = owners[id(p)][0]
+        for a in _pruned_attrs(mod):
+            n0, _, a0 = owners[id(_params_of(mod)[a])][0]
             ms.setdefault(weight_key(n0, a0), _current_mask(mod, a))
     if not ms: raise ValueError(f"{type(model).__name__} carries no pruning mask; if its pruned weights are zeros "
                                 f"(e.g. a state dict loaded without its mask), `Masks.from_zeros(model)` reads them back")
@@ -503,17 +520,14 @@ def _from_model(cls, model:nn.Module, # a pruned model (by `Masks.apply`, a prun
     c.model_params = n_parameters(model)
     return c
 
-def _from_zeros(cls, model:nn.Module, # a model whose pruned weights are 0, e.g. a pruned state dict loaded into a fresh model
-                layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
-               ) -> Masks:
+@patch(cls_method=True)
+def from_zeros(cls:Masks, model:nn.Module, # a model whose pruned weights are 0, e.g. a pruned state dict loaded into a fresh model
+               layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
+              ) -> Masks:
     "The masks of `model`'s zeros: a weight is kept where it is not exactly 0 (trained weights are never exactly 0 by chance)."
     c = cls({k: weight_of(h).detach() != 0 for k, h in prunable_weights(model, layer_types).items()})
     c.model_params = n_parameters(model)
     return c
-
-Masks.check, Masks.apply, Masks.remove = _check_fits, document_parameters(_apply), _remove
-Masks.from_model, Masks.from_zeros = classmethod(_from_model), classmethod(_from_zeros)
-
 
 # %% ../nbs/00_masks.ipynb #74cd8bd8
 class _ZeroPruned:

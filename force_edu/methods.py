@@ -21,7 +21,7 @@ from fastprogress.fastprogress import progress_bar
 
 from .masks import *
 from .sensitivity import *
-from .speed import topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
+from .speed import fast_topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
 from .sanity import erk_mask, smart_ratio_mask
 from .sensitivity import _plain
 from .diagnose import *
@@ -257,7 +257,7 @@ class PruningJob:
              out:Tensor|None=None, # a flat boolean buffer to write the mask into
              scale=None, # tensors like `scores`: rank |scores * scale| (FORCE's |theta * grad|)
             ) -> Tensor:
-        "`topk_mask(scores, k, ...)`; with `invert`, the same on the negated scores, so the `k` lowest are kept. Scored methods rank through this."
+        "`fast_topk_mask(scores, k, ...)`; with `invert`, the same on the negated scores, so the `k` lowest are kept. Scored methods rank through this."
         self.n_ranked += 1
         parts = [scores] if isinstance(scores, Tensor) else list(scores)
         if k == self.k:   # the final ranking: which kept weights had a score of exactly 0 (read before `scale` overwrites it)
@@ -275,12 +275,12 @@ class PruningJob:
         return c
 
     def _topk(self, parts, k, allowed, out, scale) -> Tensor:
-        if not self.invert: return topk_mask(parts, k, allowed=allowed, out=out, scale=scale)
+        if not self.invert: return fast_topk_mask(parts, k, allowed=allowed, out=out, scale=scale)
         if scale is not None:   # |scores * scale| first, then its negation (new tensors: the scores may be the model's own)
             scale = [scale] if isinstance(scale, Tensor) else list(scale)
             neg = [torch.mul(p.reshape(-1), s.reshape(-1)).abs_().neg_() for p, s in zip(parts, scale)]
         else: neg = [~p if p.dtype == torch.bool else p.neg() for p in parts]
-        return topk_mask(neg, k, allowed=allowed, out=out)   # the k largest of -s: the k smallest of s, ties to the lowest index
+        return fast_topk_mask(neg, k, allowed=allowed, out=out)   # the k largest of -s: the k smallest of s, ties to the lowest index
 
     def flat(self, tensors:list[Tensor]) -> Tensor:
         "Concatenate per-layer tensors into one flat vector (at least float32; float64 stays float64)."
@@ -312,7 +312,7 @@ def _one_shot_batches(job):
 def _random(job):
     seed = int.from_bytes(os.urandom(7), 'little') if job.seed is None else job.seed   # leaves torch's global RNG alone
     g = torch.Generator().manual_seed(seed)
-    return topk_mask(torch.rand(job.m, generator=g), job.k)
+    return fast_topk_mask(torch.rand(job.m, generator=g), job.k)
 
 @register_method('magnitude', iterative=False, uses_data=False, summary='keep the k largest |theta|')
 def _magnitude(job):

@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/fast.html.md"""
 
 # %% ../nbs/11_fast.ipynb #fast-imports
 from __future__ import annotations
-import math
+import math, warnings
 from collections.abc import Iterable
 
 import torch
@@ -19,11 +19,11 @@ from .masks import *
 from .sensitivity import *
 
 # %% auto #0
-__all__ = ['topk_mask', 'FastMaskedLoss']
+__all__ = ['fast_topk_mask', 'FastMaskedLoss']
 
 # %% ../nbs/11_fast.ipynb #fast-topk-helpers
 _TOPK_SAMPLE = 2**16   # sample size of `_topk_bracketed`
-_TOPK_MIN = 2**20      # from this many scores on, `topk_mask` brackets the k-th largest instead of a plain `kthvalue`
+_TOPK_MIN = 2**20      # from this many scores on, `fast_topk_mask` brackets the k-th largest instead of a plain `kthvalue`
 _CHUNK = 2**16         # on the CPU, per-weight work runs 64K entries at a time: each piece is read from memory once, then stays in cache
 
 def _as_parts(scores) -> list[Tensor]:
@@ -60,7 +60,7 @@ def _topk_bracketed(scores, # flat float32/float64 scores (one tensor, or one pe
                     out:Tensor|None=None, # a flat boolean tensor of m entries to write the mask into (`None`: a new one)
                     scale=None, # tensors like `scores`: the scores are |scores * scale|, written into `scores` in this pass
                    ) -> Tensor|None:
-    "`topk_mask(scores, k, allowed)` with the k-th largest bracketed by two order statistics of a fixed-seed sample; `None` if the bracket misses."
+    "`fast_topk_mask(scores, k, allowed)` with the k-th largest bracketed by two order statistics of a fixed-seed sample; `None` if the bracket misses."
     parts = _as_parts(scores)
     allowed = None if allowed is None else _as_parts(allowed)
     scale = None if scale is None else _as_parts(scale)
@@ -117,7 +117,7 @@ def _topk_bracketed(scores, # flat float32/float64 scores (one tensor, or one pe
     return keep if _fill_ties(parts, allowed, keep, lo, r - vals.numel()) else None
 
 # %% ../nbs/11_fast.ipynb #fast-topk
-def topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor (any shape), or one per layer, read as their concatenation
+def fast_topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor (any shape), or one per layer, read as their concatenation
               k:int, # number of weights to keep
               allowed:Tensor|list[Tensor]|None=None, # boolean mask(s) shaped like `scores`: only these may be kept, as if every other score were -inf
               out:Tensor|None=None, # a flat boolean tensor of m entries to write the mask into, e.g. reused across steps (`None`: a new one)
@@ -296,3 +296,10 @@ class FastMaskedLoss(MaskedLoss):
                 n += 1
         if n == 0: raise ValueError("no batches were given: pass at least one (x, y) batch")
         return total if n == 1 else [a.div_(n) for a in total]
+
+# %% ../nbs/11_fast.ipynb #fast-alias
+def topk_mask(*args, **kwargs):
+    "Deprecated: `fast_topk_mask` under its former name, removed in the next release (`topk_mask` is the definition's name, in `force_edu.masks`)."
+    warnings.warn("force_edu.speed.topk_mask is deprecated and will be removed in the next release: call force_edu.speed.fast_topk_mask "
+                  "(the same function), or force_edu.masks.topk_mask (the definition: the same masks)", DeprecationWarning, stacklevel=2)
+    return fast_topk_mask(*args, **kwargs)

@@ -105,7 +105,7 @@ def test_unknown_model_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- the fast top-k
-# `force_edu.speed.topk_mask` (what the library calls) brackets the k-th largest score with a sample when there are >= 2**20
+# `force_edu.speed.fast_topk_mask` (what the library calls) brackets the k-th largest score with a sample when there are >= 2**20
 # scores (the speed-up this benchmark motivated); its result must stay that of a stable sort (the definition,
 # `force_edu.masks.topk_mask`): exactly k kept, ties to the lowest index.
 import torch
@@ -141,7 +141,7 @@ def test_topk_bracketed_matches_a_stable_sort_on_small_inputs(monkeypatch):
         kind, m = KINDS[trial % len(KINDS)], int(torch.randint(1, 300, (1,), generator=g))
         s, k = _scores(kind, m, g), int(torch.randint(0, m + 1, (1,), generator=g))
         ref = _reference(s, k)
-        assert torch.equal(M.topk_mask(s, k), ref), (kind, m, k)
+        assert torch.equal(M.fast_topk_mask(s, k), ref), (kind, m, k)
         if 0 < k < m:
             n_sample = int(torch.randint(1, 200, (1,), generator=g))
             got = M._topk_bracketed(s, k, n_sample)
@@ -155,14 +155,14 @@ def test_topk_mask_large_matches_a_stable_sort(kind):
     m = 2**20 + 3
     s = _scores(kind, m, g)
     for k in (1, 17, m // 1000, m // 100, m // 3, m - 5):
-        got = M.topk_mask(s, k)
+        got = M.fast_topk_mask(s, k)
         assert int(torch.count_nonzero(got)) == k
         assert torch.equal(got, _reference(s, k)), (kind, k)
 
 
 def test_topk_mask_large_nan_is_refused():
     s = torch.rand(2**20 + 8); s[12345] = math.nan
-    with pytest.raises(ValueError, match='NaN'): M.topk_mask(s, 100)
+    with pytest.raises(ValueError, match='NaN'): M.fast_topk_mask(s, 100)
 
 
 def test_sparse_nonzero():

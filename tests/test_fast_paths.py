@@ -1,6 +1,6 @@
 """The fast paths behind `prune_at_init` (`force_edu.speed`) give exactly what the plain definitions give.
 
-- `fast.topk_mask` over a list of per-layer scores, read piece by piece, with `allowed=` (eq. 7), `out=` and `scale=`
+- `speed.fast_topk_mask` over a list of per-layer scores, read piece by piece, with `allowed=` (eq. 7), `out=` and `scale=`
   (|scores * scale| computed in the same pass): the same mask as a stable sort of the concatenated, transformed scores.
 - `_times_mask`: `t * c` for a boolean `c`, read as bytes piece by piece.
 - `FastMaskedLoss.grads` at a mask recomputes the masked weights in the backward pass (`_MaskedWeights`) instead of keeping
@@ -59,7 +59,7 @@ def test_topk_mask_lists_match_a_stable_sort(monkeypatch, chunk):
         ref = _reference(ref_s, k)
         parts = _split(s.clone(), g)
         out = torch.empty(m, dtype=torch.bool) if trial % 4 == 1 else None
-        got = FP.topk_mask(parts, k, allowed=None if allowed is None else _split(allowed, g), out=out,
+        got = FP.fast_topk_mask(parts, k, allowed=None if allowed is None else _split(allowed, g), out=out,
                           scale=None if scale is None else _same_split(scale, parts))
         assert torch.equal(got, ref), (kind, dtype, m, k, trial)
         if out is not None: assert got.data_ptr() == out.data_ptr()
@@ -84,22 +84,22 @@ def test_topk_mask_large_list_with_allowed_and_scale():
     for k in (1, 1000, int(0.1 * m), int(0.25 * m)):
         ref = _reference((grads * theta).abs().masked_fill(~allowed, -math.inf), k)
         out = torch.empty(m, dtype=torch.bool)
-        got = FP.topk_mask(list(grads.clone().split(sizes)), k, allowed=list(allowed.split(sizes)), out=out,
+        got = FP.fast_topk_mask(list(grads.clone().split(sizes)), k, allowed=list(allowed.split(sizes)), out=out,
                           scale=list(theta.split(sizes)))
         assert torch.equal(got, ref) and got.data_ptr() == out.data_ptr(), k
-        assert torch.equal(FP.topk_mask(list((grads * theta).abs().split(sizes)), k), _reference((grads * theta).abs(), k))
+        assert torch.equal(FP.fast_topk_mask(list((grads * theta).abs().split(sizes)), k), _reference((grads * theta).abs(), k))
 
 
 def test_topk_mask_bad_arguments():
     s = [torch.rand(3), torch.rand(4)]
-    with pytest.raises(ValueError, match='allowed'): FP.topk_mask(s, 2, allowed=[torch.ones(7)])
-    with pytest.raises(ValueError, match='allowed'): FP.topk_mask(s, 2, allowed=[torch.ones(6, dtype=torch.bool)])
-    with pytest.raises(ValueError, match='out'): FP.topk_mask(s, 2, out=torch.empty(6, dtype=torch.bool))
-    with pytest.raises(ValueError, match='out'): FP.topk_mask(s, 2, out=torch.empty(7))
-    with pytest.raises(ValueError, match='scale'): FP.topk_mask(s, 2, scale=[torch.ones(7)])
-    with pytest.raises(ValueError, match='no scores'): FP.topk_mask([], 0)
+    with pytest.raises(ValueError, match='allowed'): FP.fast_topk_mask(s, 2, allowed=[torch.ones(7)])
+    with pytest.raises(ValueError, match='allowed'): FP.fast_topk_mask(s, 2, allowed=[torch.ones(6, dtype=torch.bool)])
+    with pytest.raises(ValueError, match='out'): FP.fast_topk_mask(s, 2, out=torch.empty(6, dtype=torch.bool))
+    with pytest.raises(ValueError, match='out'): FP.fast_topk_mask(s, 2, out=torch.empty(7))
+    with pytest.raises(ValueError, match='scale'): FP.fast_topk_mask(s, 2, scale=[torch.ones(7)])
+    with pytest.raises(ValueError, match='no scores'): FP.fast_topk_mask([], 0)
     nan = [torch.rand(2**20), torch.tensor([math.nan, 1.])]
-    with pytest.raises(ValueError, match='NaN'): FP.topk_mask(nan, 10)
+    with pytest.raises(ValueError, match='NaN'): FP.fast_topk_mask(nan, 10)
 
 
 def test_topk_mask_allowed_split_differently():
@@ -107,9 +107,17 @@ def test_topk_mask_allowed_split_differently():
     g = torch.Generator().manual_seed(4)
     s, a = torch.randn(50, generator=g), torch.rand(50, generator=g) < 0.5
     ref = _reference(s.masked_fill(~a, -math.inf), 12)
-    assert torch.equal(FP.topk_mask(list(s.split([20, 30])), 12, allowed=a), ref)
-    assert torch.equal(FP.topk_mask(s, 12, allowed=list(a.split([10, 40]))), ref)
+    assert torch.equal(FP.fast_topk_mask(list(s.split([20, 30])), 12, allowed=a), ref)
+    assert torch.equal(FP.fast_topk_mask(s, 12, allowed=list(a.split([10, 40]))), ref)
 
+
+
+def test_topk_mask_former_name_warns():
+    "`speed.topk_mask`, the former name of `fast_topk_mask`, still works for one release: it warns and gives the same mask."
+    s = torch.rand(100, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(DeprecationWarning, match='fast_topk_mask'): got = FP.topk_mask(s, 10)
+    assert torch.equal(got, FP.fast_topk_mask(s, 10)) and torch.equal(got, M.topk_mask(s, 10))
+    assert 'topk_mask' not in FP.__all__   # `from force_edu.speed import *` does not shadow the definition
 
 @pytest.mark.parametrize('shape', [(3,), (5, 7), (64, 32, 3, 3), (2**16 + 3,)])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
