@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
+from fastcore.basics import patch
 
 from .masks import *
 from .masks import _holders_of
@@ -68,6 +69,7 @@ def to_device(batch, # a tuple `(x, y)` or `(x1, ..., xn, y)` of tensors (fastai
         return t.clone() if t.is_inference() else t   # inference-mode tensors cannot be saved for backward
     return tuple(mv(x) for x in xs), mv(y)
 
+# %% ../nbs/01_sensitivity.ipynb #masked-loss-2
 class MaskedLoss:
     "The loss $L(\\theta \\odot c)$ of `model` as a function of its prunable weights, evaluated without changing `model`."
     def __init__(self, model:nn.Module, # the network; it is never modified
@@ -93,65 +95,74 @@ class MaskedLoss:
         self.fixed = {k: p.detach() for k, p in model.named_parameters() if k not in keys}
         self.buffers = {k: b.clone() for k, b in model.named_buffers()}
 
-    def mask_list(self, c) -> list[Tensor|None]:
-        "`c` (a `Masks`, a list per layer, a flat vector or `None` for $c = 1$) as one tensor (or `None`) per layer."
-        if c is None: return [None] * len(self.names)
-        if isinstance(c, Mapping):
-            if list(c) != self.names: raise ValueError(f"the masks cover layers {list(c)[:4]}..., the model {self.names[:4]}...")
-            return [c[n].to(self.device) for n in self.names]
-        if isinstance(c, Tensor): return [p.view(s) for p, s in zip(c.reshape(-1).split(self.sizes), self.shapes.values())]
-        return list(c)
+# %% ../nbs/01_sensitivity.ipynb #masked-loss-4
+@patch
+def mask_list(self:MaskedLoss, c) -> list[Tensor|None]:
+    "`c` (a `Masks`, a list per layer, a flat vector or `None` for $c = 1$) as one tensor (or `None`) per layer."
+    if c is None: return [None] * len(self.names)
+    if isinstance(c, Mapping):
+        if list(c) != self.names: raise ValueError(f"the masks cover layers {list(c)[:4]}..., the model {self.names[:4]}...")
+        return [c[n].to(self.device) for n in self.names]
+    if isinstance(c, Tensor): return [p.view(s) for p, s in zip(c.reshape(-1).split(self.sizes), self.shapes.values())]
+    return list(c)
 
-    def pruned_weights(self, c=None) -> list[Tensor]:
-        "$\\bar\\theta = \\theta \\odot c$, one new leaf tensor per layer."
-        return [(t if ci is None else t * ci).detach() for t, ci in zip(self.theta, self.mask_list(c))]
+@patch
+def pruned_weights(self:MaskedLoss, c=None) -> list[Tensor]:
+    "$\\bar\\theta = \\theta \\odot c$, one new leaf tensor per layer."
+    return [(t if ci is None else t * ci).detach() for t, ci in zip(self.theta, self.mask_list(c))]
 
-    def loss(self, weights:Sequence[Tensor], batch) -> Tensor:
-        "The loss on one batch with the prunable weights replaced by `weights`."
-        xs, y = to_device(batch, self.device)
-        out = functional_call(self.model, {**self.fixed, **self.buffers, **dict(zip(self.keys, weights))}, xs)
-        return self.loss_func(out, y)
+@patch
+def loss(self:MaskedLoss, weights:Sequence[Tensor], batch) -> Tensor:
+    "The loss on one batch with the prunable weights replaced by `weights`."
+    xs, y = to_device(batch, self.device)
+    out = functional_call(self.model, {**self.fixed, **self.buffers, **dict(zip(self.keys, weights))}, xs)
+    return self.loss_func(out, y)
 
-    def _check(self, loss, batch_idx):
-        if not torch.isfinite(loss):
-            raise ValueError(f"the loss is {loss.item()} on batch {batch_idx} at initialisation; check the data "
-                             f"(NaN/inf inputs), the targets and `loss_func` before pruning")
+@patch
+def _check(self:MaskedLoss, loss, batch_idx):
+    if not torch.isfinite(loss):
+        raise ValueError(f"the loss is {loss.item()} on batch {batch_idx} at initialisation; check the data "
+                         f"(NaN/inf inputs), the targets and `loss_func` before pruning")
 
-    def grads(self, batches:Iterable, # the batches to average over
-              c=None, # the mask (`None`: the dense network)
-             ) -> list[Tensor]:
-        "$\\nabla L(\\theta \\odot c)$ averaged over `batches`, one tensor per prunable layer; times $\\theta$, it is $\\partial L(\\theta \\odot c) / \\partial c$."
-        w = [t.requires_grad_() for t in self.pruned_weights(c)]   # leaf tensors: theta * c
-        with saliency_mode(self.model, self.bn_mode), torch.enable_grad():
-            total, n = None, 0
-            for i, b in enumerate(batches):
-                loss = self.loss(w, b)
-                self._check(loss.detach(), i)
-                gs = torch.autograd.grad(loss, w)
-                total = list(gs) if total is None else [a.add_(g) for a, g in zip(total, gs)]
-                n += 1
-        if n == 0: raise ValueError("no batches were given: pass at least one (x, y) batch")
-        return total if n == 1 else [a.div_(n) for a in total]
+# %% ../nbs/01_sensitivity.ipynb #masked-loss-6
+@patch
+def grads(self:MaskedLoss, batches:Iterable, # the batches to average over
+          c=None, # the mask (`None`: the dense network)
+         ) -> list[Tensor]:
+    "$\\nabla L(\\theta \\odot c)$ averaged over `batches`, one tensor per prunable layer; times $\\theta$, it is $\\partial L(\\theta \\odot c) / \\partial c$."
+    w = [t.requires_grad_() for t in self.pruned_weights(c)]   # leaf tensors: theta * c
+    with saliency_mode(self.model, self.bn_mode), torch.enable_grad():
+        total, n = None, 0
+        for i, b in enumerate(batches):
+            loss = self.loss(w, b)
+            self._check(loss.detach(), i)
+            gs = torch.autograd.grad(loss, w)
+            total = list(gs) if total is None else [a.add_(g) for a, g in zip(total, gs)]
+            n += 1
+    if n == 0: raise ValueError("no batches were given: pass at least one (x, y) batch")
+    return total if n == 1 else [a.div_(n) for a in total]
 
-    def hvp(self, batches:Iterable, # the batches to average over
-            v:Sequence[Tensor], # the vector, one tensor per prunable layer
-            c=None, # the mask (`None`: the dense network)
-           ) -> list[Tensor]:
-        "The Hessian-vector product $H v$ of $L$ at $\\theta \\odot c$ by double back-propagation, averaged over `batches`."
-        with saliency_mode(self.model, self.bn_mode), torch.enable_grad():
-            w = [t.requires_grad_() for t in self.pruned_weights(c)]
-            v = [vi.detach() for vi in v]
-            total, n = None, 0
-            for i, b in enumerate(batches):
-                loss = self.loss(w, b)
-                self._check(loss.detach(), i)
-                gs = torch.autograd.grad(loss, w, create_graph=True)
-                z = sum((gi * vi).sum() for gi, vi in zip(gs, v))
-                hv = torch.autograd.grad(z, w)
-                total = list(hv) if total is None else [a.add_(h) for a, h in zip(total, hv)]
-                n += 1
-        if n == 0: raise ValueError("no batches were given: pass at least one (x, y) batch")
-        return total if n == 1 else [a.div_(n) for a in total]
+# %% ../nbs/01_sensitivity.ipynb #masked-loss-8
+@patch
+def hvp(self:MaskedLoss, batches:Iterable, # the batches to average over
+        v:Sequence[Tensor], # the vector, one tensor per prunable layer
+        c=None, # the mask (`None`: the dense network)
+       ) -> list[Tensor]:
+    "The Hessian-vector product $H v$ of $L$ at $\\theta \\odot c$ by double back-propagation, averaged over `batches`."
+    with saliency_mode(self.model, self.bn_mode), torch.enable_grad():
+        w = [t.requires_grad_() for t in self.pruned_weights(c)]
+        v = [vi.detach() for vi in v]
+        total, n = None, 0
+        for i, b in enumerate(batches):
+            loss = self.loss(w, b)
+            self._check(loss.detach(), i)
+            gs = torch.autograd.grad(loss, w, create_graph=True)
+            z = sum((gi * vi).sum() for gi, vi in zip(gs, v))
+            hv = torch.autograd.grad(z, w)
+            total = list(hv) if total is None else [a.add_(h) for a, h in zip(total, hv)]
+            n += 1
+    if n == 0: raise ValueError("no batches were given: pass at least one (x, y) batch")
+    return total if n == 1 else [a.div_(n) for a in total]
 
 # %% ../nbs/01_sensitivity.ipynb #5fc68834
 def _as_list(batches):

@@ -159,3 +159,11 @@ def test_exported_args_have_docments(mod):
         if bad: missing[f"{name}.__init__" if inspect.isclass(obj) else name] = bad
     assert not missing, (f"force_edu.{mod}: arguments without a docment (add `# comment` after each): "
                          + '; '.join(f"{k}({', '.join(v)})" for k, v in missing.items()))
+
+
+@pytest.mark.parametrize('name', ['00_masks.ipynb', '01_sensitivity.ipynb'])
+def test_lesson_one_cells_are_short(name):
+    "The first lessons show the definitions in short cells: no exported cell over 60 lines (engineering lives elsewhere)."
+    long = [(c.get('id'), n) for c in _cells(NBS/name) if c['cell_type'] == 'code'
+            and ''.join(c['source']).lstrip().startswith('#| export') and (n := len(''.join(c['source']).splitlines())) > 60]
+    assert not long, f"{name}: exported cells over 60 lines: {long}"
