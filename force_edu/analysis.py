@@ -26,7 +26,7 @@ _BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   #
 __all__ = ['METHOD_STYLES', 'as_masks', 'dead_layers', 'method_style', 'layer_density_plot', 'merge_ops', 'Connectivity',
            'disconnected_weights', 'MaskHistory', 'mask_history', 'consistency_plot', 'saliency_vs_steps',
            'saliency_vs_steps_plot', 'sweep_summary', 'sweep_table', 'sweep_plot', 'paired_difference',
-           'seed_differences', 'holm', 'per_seed_analysis', 'seed_table', 'pruning_metrics']
+           'seed_differences', 'holm', 'per_seed_analysis', 'difference_text', 'seed_table', 'pruning_metrics']
 
 # %% ../nbs/05_analysis.ipynb #8b66d8c2
 def as_masks(x, # a `Masks`, or a pruned model (after `Masks.apply` or a pruning callback)
@@ -560,7 +560,7 @@ def seed_differences(records, # run records (list of dicts or a `DataFrame`) wit
                     ):
     "One difference `a - b` per seed and cell; the pooled cell averages each seed's differences first, so a seed counts once."
     import pandas as pd
-    pd_ = paired_difference(records, a, b, by, metric, pair_on)   # validates the selections (one run per cell and seed)
+    paired_difference(records, a, b, by, metric, pair_on)   # validates the selections (one run per cell and seed)
     df, by = _records_frame(records, metric), list(by)
     da, db = _select(df, a), _select(df, b)
     m = da[by + [pair_on, metric]].merge(db[by + [pair_on, metric]], on=by + [pair_on], suffixes=('_a', '_b'))
@@ -613,14 +613,23 @@ def per_seed_analysis(records, # run records with `metric`, `pair_on` and the `b
     res['decided'] = [bool(r.p_holm < alpha) if c != 'pooled' else bool(r.p_t < alpha) for c, r in res.iterrows()]
     return res
 
+def difference_text(res, # the result of `per_seed_analysis`
+                    cell, # one of its cells (an index value)
+                    scale:float=100, # multiplies the differences (100: accuracy fractions to points)
+                    digits:int=1, # decimals
+                   ) -> str:
+    "One cell as prose quotes it: the mean difference and its interval, e.g. '+1.5 (+0.4 to +2.6)'."
+    import pandas as pd
+    r, f = res.loc[cell], lambda v: f"{scale * v:+.{digits}f}" if pd.notna(v) else '–'
+    return f"{f(r['diff'])} ({f(r.lo)} to {f(r.hi)})"
+
 def seed_table(res, # the result of `per_seed_analysis`
                scale:float=100, # multiplies the differences (100: accuracy fractions to points)
                digits:int=1, # decimals of the differences
               ):
     "`per_seed_analysis` as a readable table: the difference with its interval, the seeds, how many favour `a`, the p-values, the detectable difference."
     import pandas as pd
-    f = lambda v: f"{scale * v:+.{digits}f}" if pd.notna(v) else '–'
-    return pd.DataFrame({'a − b (95% interval)': [f"{f(r['diff'])} ({f(r.lo)} to {f(r.hi)})" for _, r in res.iterrows()],
+    return pd.DataFrame({'a − b (95% interval)': [difference_text(res, c, scale, digits) for c in res.index],
                          'seeds': res.n, 'a ahead': res.n_pos, 'p (t)': res.p_t.round(4), 'p (sign)': res.p_sign.round(4),
                          'p (Holm)': res.p_holm.round(4), 'detectable': [f"{scale * v:.{digits}f}" if pd.notna(v) else '–' for v in res.mdd],
                          'decided': res.decided}, index=res.index)
