@@ -6,8 +6,7 @@ Docs: https://force-edu.github.io/force_edu/callback.html.md"""
 
 # %% ../nbs/04_callback.ipynb #5b781686
 from __future__ import annotations
-import inspect, math, os, random, sys, time, tempfile, warnings
-from pathlib import Path
+import math, random, time, warnings
 from collections.abc import Callable
 
 # fastai 2.8 decorates a few functions with `torch.jit.script` at import, which recent PyTorch deprecates with a FutureWarning
@@ -18,71 +17,48 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from fastcore.basics import store_attr, patch, ifnone
-from fastcore.meta import delegates
-from fastcore.xtras import join_path_file
-from fastcore.script import call_parse, CliError
+from fastcore.basics import store_attr, ifnone
 from fastai.callback.core import Callback
-from fastai.learner import Learner, load_model, save_model
 from fastai.torch_core import get_model, rank_distrib
 from fastai.losses import BaseLoss
 
 from .masks import *
-from .sensitivity import check_bn_mode, raw_logit_nll
+from .sensitivity import raw_logit_nll
 from .methods import *
-from .methods import SCHEDULE_MODES, check_temperature
+from .methods import check_temperature
+from .options import RUN_OPTIONS, PRUNE_OPTIONS, takes, reordered
+from .sanity import ablate
+from .distributed import broadcast_masks, _is_distributed   # one job per module: the mask sent to every rank
+from .checkpoints import *   # the Learner's side of a pruned model: pruning_masks, save, load, remove_pruning
 
-_BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   # one default for the whole package
 
 # %% auto #0
-__all__ = ['SHORT_EPOCHS', 'check_prune_args', 'broadcast_masks', 'default_saliency_loss', 'KeepPrunedCallback',
-           'PruneAtInitCallback', 'ForceCallback', 'masks_path', 'demo_run', 'run_demo', 'demo']
+__all__ = ['SHORT_EPOCHS', 'ABLATION_SEED_OFFSET', 'check_prune_args', 'default_saliency_loss', 'KeepPrunedCallback',
+           'PruneAtInitCallback', 'ForceCallback', 'masks_path', 'broadcast_masks']
+
+# %% ../nbs/04_callback.ipynb #callback-reexports
+_all_ = ['masks_path', 'broadcast_masks']   # defined in `checkpoints` and `distributed`, still importable from here
+
 
 # %% ../nbs/04_callback.ipynb #49899b15
-def check_prune_args(sparsity:float, # fraction of prunable weights to remove, in [0, 1)
-                     method:str='force', # a key of `METHODS`
-                     steps:int|None=None, # pruning steps $T$, or `None` for the method's default
-                     mode:str='exp', # sparsity schedule: 'exp' or 'linear'
-                     batches_per_step:int=1, # batches averaged at each step
-                     bn_mode:str=_BN_DEFAULT, # BatchNorm mode while saliencies are computed: 'train' or 'eval'
+@takes(RUN_OPTIONS)
+def check_prune_args(**options, # `RUN_OPTIONS`, each checked by its declaration
                     ):
-    "Raise a `ValueError` that says what to pass unless the arguments of a pruning callback are valid."
-    check_sparsity(sparsity)
-    get_method(method)
-    for nm, v in (('steps', steps), ('batches_per_step', batches_per_step)):
-        if nm == 'steps' and v is None: continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{nm} must be an integer >= 1{' (or None)' if nm == 'steps' else ''}, got {v!r}")
-    if mode not in SCHEDULE_MODES: raise ValueError(f"mode must be one of {SCHEDULE_MODES}, got {mode!r}")
-    check_bn_mode(bn_mode)
+    "Deprecated: the options of a pruning callback are checked by their declaration (`force_edu.options`)."
+    warnings.warn("check_prune_args is deprecated: PruneAtInitCallback checks its options by their declaration "
+                  "(force_edu.options)", DeprecationWarning, stacklevel=2)
 
-# %% ../nbs/04_callback.ipynb #65306d1a
-def _is_distributed():
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-def broadcast_masks(masks:Masks|None, # the mask on rank `src` (ignored elsewhere; `None` on `src` means it failed)
-                    model:nn.Module, # this rank's model, to know the layers and shapes
-                    layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
-                    src:int=0, # the rank that computed `masks`
-                    group=None, # the `torch.distributed` process group (`None`: the default group)
-                   ) -> Masks:
-    "Every rank returns rank `src`'s `masks`, sent with `torch.distributed.broadcast` as a flat uint8 vector."
-    import torch.distributed as dist
-    shapes = {k: weight_of(h).shape for k, h in prunable_weights(get_model(model), layer_types).items()}
-    m = sum(math.prod(s) for s in shapes.values())
-    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend(group) == 'nccl' else torch.device('cpu')
-    rank = dist.get_rank(group)
-    ok = masks is not None and masks.shapes == shapes if rank == src else True
-    flag = torch.tensor([int(ok)], device=dev)
-    dist.broadcast(flag, src, group=group)
-    if not flag.item():
-        if rank == src:
-            raise ValueError("no mask to broadcast, or one that does not fit this model's prunable layers")
-        raise RuntimeError(f"rank {src} could not compute the pruning mask; its own error says why")
-    buf = masks.flat().to(dev, torch.uint8) if rank == src else torch.zeros(m, dtype=torch.uint8, device=dev)
-    dist.broadcast(buf, src, group=group)
-    return Masks.from_flat(buf.bool(), shapes)
+# %% ../nbs/04_callback.ipynb #callback-moved
+_MOVED = {'run_demo': 'force_edu.demo', 'demo_run': 'force_edu.demo', 'demo': 'force_edu.demo'}
+
+def __getattr__(name):
+    "The demo moved to `force_edu.demo` (the callback module imports no data set): its old names still work, with a warning."
+    if name not in _MOVED: raise AttributeError(f"module 'force_edu.callback' has no attribute {name!r}")
+    warnings.warn(f"force_edu.callback.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
+    import importlib
+    return getattr(importlib.import_module(_MOVED[name]), name)
+
 
 # %% ../nbs/04_callback.ipynb #dd601b9b
 def _plain_cross_entropy(f) -> bool:
@@ -118,28 +94,28 @@ class KeepPrunedCallback(Callback):
 
 SHORT_EPOCHS = 3   # fewer epochs than this after pruning to >= 95% sparsity: the callback says what to expect
 
+ABLATION_SEED_OFFSET = 1_000_003   # an ablation's shuffle or new weights are drawn with seed + this, never the seed itself
+
 @document_parameters
 class PruneAtInitCallback(KeepPrunedCallback):
-    "Prune `learn.model` at the first `before_fit` with `prune_at_init`; every later fit keeps the same mask."
+    "Prune `learn.model` at the first `before_fit` with `prune_at_init` (and the run's `ablation`); later fits keep the mask."
     order = -5   # after TrainEvalCallback (-10) moved the model; before MixedPrecision (10), DistributedTrainer (11), LRFinder (60)
-    def __init__(self,
-                 sparsity:float, # fraction of prunable weights to remove, in [0, 1) (0.99 keeps 1%)
-                 method:str='force', # a key of `METHODS`: 'force', 'iter_snip', 'snip', 'grasp', 'random', ...
-                 steps:int|None=None, # pruning steps $T$ (one-shot methods: batch groups averaged); `None`: the method's default
-                 mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
-                 batches_per_step:int=1, # training batches averaged at each step
-                 bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' (batch statistics) or 'eval'; `prune_at_init`'s default
-                 loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: `default_saliency_loss(learn.loss_func, method)`
-                 seed:int|None=None, # seed of the random method
-                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
-                 progress:bool=True, # show a `fastprogress` bar over the pruning steps
+    @takes(RUN_OPTIONS)
+    def __init__(self, *,
+                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
+                 progress:bool=True, # show a `fastprogress` bar over the pruning steps (where the learner shows its bars)
                  verbose:bool=True, # print the one-line summary (on rank 0 only)
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each pruning step (may raise to interrupt)
-                 temperature:float|None=None, # divide the logits by this in the saliency loss; `None`: the method's default (200 for GRASP, else 1)
+                 init:Callable|None=None, # for `ablation='reinit'`: `init(model)` draws new weights in place; `None`: `reset_parameters()`
+                 **options, # `RUN_OPTIONS`: sparsity, method, steps, ..., samples_per_class, ablation, each checked once
                 ):
-        check_prune_args(sparsity, method, steps, mode, batches_per_step, bn_mode)
-        check_temperature(temperature, get_method(method))
-        store_attr()
+        meth = get_method(options['method'])
+        check_temperature(options['temperature'], meth)
+        if options['ablation'] != 'none' and not meth.scored:
+            raise ValueError(f"ablation {options['ablation']!r} needs a method that ranks scores, not {meth.name!r} "
+                             "(a random mask has nothing to shuffle or invert)")
+        self.options = options
+        store_attr('layer_types,progress,verbose,on_step,init'); store_attr(**options)
         self.masks, self.report = None, None
         self.epochs_trained, self._noted = 0, False   # epochs trained since this callback pruned (lr_find's fits not counted)
 
@@ -150,7 +126,6 @@ class PruneAtInitCallback(KeepPrunedCallback):
             self.masks.apply(model)   # a no-op while the model carries it; converts a model pruned by an earlier version
             self.learn._pruning_masks = self.masks
             return
-        check_prune_args(self.sparsity, self.method, self.steps, self.mode, self.batches_per_step, self.bn_mode)
         layers = prunable_layers(model, self.layer_types)
         if any(is_pruned(l) for l in layers.values()):   # e.g. `learn.load` of a pruned checkpoint, or a hand-applied mask
             masks = Masks.from_model(model)
@@ -213,14 +188,30 @@ class PruneAtInitCallback(KeepPrunedCallback):
         from fastai.callback.progress import ProgressCallback
         return any(isinstance(cb, ProgressCallback) for cb in self.learn.cbs)
 
-    def _prune(self, model, dl, **kwargs):   # kwargs: more `prune_at_init` options (the sweep's ablations pass `invert=True`)
-        lf = ifnone(self.loss_func, default_saliency_loss(self.learn.loss_func, self.method))
+    def _batches(self, dl):
+        "What the method scores: the training stream (class-balanced batches of it with `samples_per_class`); a probe if data-free."
+        if not get_method(self.method).uses_data: return self._probe(dl)
+        if self.samples_per_class is None: return repeat_batches(dl)
+        n_classes = getattr(self.learn.dls, 'c', None)
+        if not isinstance(n_classes, int):
+            raise ValueError("samples_per_class needs the number of classes, `learn.dls.c`, which these DataLoaders lack")
+        return repeat_batches(BalancedBatches(dl, self.samples_per_class, n_classes))
+
+    def _prune(self, model, dl) -> Masks:
+        "The run, in this order: its batches, `prune_at_init` (inverted with `ablation='invert'`), then a shuffle or new weights."
+        lf = self.loss_func
+        lf = SALIENCY_LOSSES[lf] if isinstance(lf, str) else ifnone(lf, default_saliency_loss(self.learn.loss_func, self.method))
         def loss_func(out, y): return lf(out, y).as_subclass(Tensor)   # fastai's losses return a TensorBase
-        batches = repeat_batches(dl) if get_method(self.method).uses_data else self._probe(dl)
-        return prune_at_init(model, batches, self.sparsity, self.method, steps=self.steps, mode=self.mode,
-                             batches_per_step=self.batches_per_step, loss_func=loss_func, layer_types=self.layer_types,
-                             bn_mode=self.bn_mode, seed=self.seed, progress=self.progress and self._bars_on(), on_step=self.on_step,
-                             temperature=self.temperature, **kwargs)
+        opts = {k: v for k, v in self.options.items() if k in PRUNE_OPTIONS}
+        masks = prune_at_init(model, self._batches(dl), **{**opts, 'loss_func': loss_func, 'invert': self.ablation == 'invert'},
+                              layer_types=self.layer_types,
+                              progress=self.progress and self._bars_on(), on_step=self.on_step)
+        if self.ablation in ('shuffle', 'reinit'):
+            seed = None if self.seed is None else self.seed + ABLATION_SEED_OFFSET
+            masks, new = ablate(masks, model, self.ablation, seed, init=self.init)
+            if self.ablation == 'reinit':
+                with torch.no_grad(): model.load_state_dict(new.state_dict())   # the learner keeps its model object
+        return masks
 
     def _probe(self, dl):
         "For a data-free method: one validation batch in a list, which `prune_at_init` checks the mask with (`Masks.connected`) without consuming anything; the training batches and every random state stay as they were."
@@ -242,234 +233,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
             if err is not None: raise err
             raise
 
-@document_parameters
 class ForceCallback(PruneAtInitCallback):
-    "FORCE (Algorithm 1): progressive pruning at initialization, pruned weights may come back, `steps` exponential steps by default."
-    def __init__(self,
-                 sparsity:float, # fraction of prunable weights to remove, in [0, 1) (0.99 keeps 1%)
-                 steps:int|None=None, # pruning steps $T$; `None`: 300, the paper's CIFAR-10 setting (use 10-20 on a CPU)
-                 mode:str='exp', # sparsity schedule: 'exp' (eq. 9, the paper's default) or 'linear' (eq. 8)
-                 batches_per_step:int=1, # training batches averaged at each step
-                 method:str='force', # FORCE; any other key of `METHODS` (e.g. 'iter_snip') is pruned with these defaults instead
-                 bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' or 'eval'; `prune_at_init`'s default
-                 loss_func:Callable|None=None, # saliency loss; `None`: `default_saliency_loss(learn.loss_func, method)`
-                 seed:int|None=None, # seed of the random method (FORCE itself is deterministic given the batches)
-                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
-                 progress:bool=True, # show a `fastprogress` bar over the pruning steps
-                 verbose:bool=True, # print the one-line summary
-                 on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step
-                 temperature:float|None=None, # divide the logits by this in the saliency loss; `None`: the method's default
-                ):
-        super().__init__(sparsity, method, steps, mode, batches_per_step, bn_mode, loss_func, seed, layer_types,
-                         progress, verbose, on_step, temperature)
+    "FORCE (Algorithm 1): progressive pruning at initialization, pruned weights may come back; `PruneAtInitCallback`'s options."
+    __init__ = reordered(PruneAtInitCallback.__init__, ('sparsity', 'steps', 'mode', 'batches_per_step', 'method'))
 
-# %% ../nbs/04_callback.ipynb #cc7c4c6c
-@patch(as_prop=True)
-def pruning_masks(self:Learner):
-    "The `Masks` applied to `self.model` by a pruning callback or `load` (`None` if none)"
-    return self.__dict__.get('_pruning_masks')
-
-def _model_masks(model) -> Masks|None:
-    return Masks.from_model(model) if any(is_pruned(m) for m in model.modules()) else None
-
-@patch
-def remove_pruning(self:Learner):
-    "Make the pruning permanent for deployment: the model forgets its masks, the weights keep their zeros."
-    model = get_model(self.model)
-    masks = self.pruning_masks
-    if masks is None:
-        masks = _model_masks(model)
-        if masks is None: raise ValueError("this Learner's model carries no pruning mask")
-        self._pruning_masks = masks
-    masks.remove(model)
-    return self
-
-def masks_path(checkpoint:str|Path, # a checkpoint written by `Learner.save` (`.../models/name.pth`)
-              ) -> Path:
-    "Where `Learner.save` writes the `Masks` of a pruned model: beside the checkpoint, as `name.masks.pt`."
-    p = Path(checkpoint)
-    return p.with_name((p.name[:-len('.pth')] if p.name.endswith('.pth') else p.name) + '.masks.pt')
-
-_fastai_save = getattr(Learner.save, '_fastai_save', Learner.save)
-
-@patch
-@delegates(save_model)
-def save(self:Learner, file, **kwargs):
-    "fastai's `Learner.save`; for a pruned model its `Masks` are also saved, beside the checkpoint (`masks_path`)"
-    path = _fastai_save(self, file, **kwargs)
-    if rank_distrib(): return path   # fastai writes on rank 0 only
-    masks = _model_masks(get_model(self.model))
-    mp = masks_path(path)
-    if masks is not None: masks.save(mp)
-    elif mp.exists(): mp.unlink()   # the mask of an earlier save under this name
-    return path
-
-Learner.save._fastai_save = _fastai_save
-
-def _torch_load(path):
-    "`torch.load(weights_only=True)` with the globals fastai's `load_model` allows (numpy scalars, `L`)."
-    import numpy as np
-    from fastcore.foundation import L
-    mu = getattr(np, '_core', None) or np.core
-    safe = [L, mu.multiarray.scalar, np.dtype, *[getattr(np.dtypes, t) for t in np.dtypes.__all__]]
-    with torch.serialization.safe_globals(safe): return torch.load(path, map_location='cpu', weights_only=True)
-
-def _upgrade_state(state:dict) -> tuple[dict, Masks|None]:
-    "A state dict of a model pruned by `torch.nn.utils.prune` (`weight_orig`, `weight_mask`) as a plain one (`weight` = their product) and its masks; others unchanged, `None`."
-    if not any(k == 'weight_mask' or k.endswith('.weight_mask') for k in state): return state, None
-    out, ms = {}, {}
-    for k, v in state.items():
-        if k == 'weight_mask' or k.endswith('.weight_mask'): continue
-        if k == 'weight_orig' or k.endswith('.weight_orig'):
-            pre = k[:-len('weight_orig')]
-            mask = state[pre + 'weight_mask']
-            out[pre + 'weight'] = v * mask
-            ms[pre.rstrip('.')] = mask
-        else: out[k] = v
-    return out, Masks(ms)
-
-def _read_checkpoint(path) -> tuple[dict, Masks|None, bool]:
-    "`(state, masks, legacy)` of a checkpoint written by `Learner.save`: the state with plain `weight` keys, the masks saved beside it or held by an old-style pruned state dict (`None`: dense), and whether it was old-style."
-    try: state = _torch_load(path)
-    except FileNotFoundError: raise
-    except Exception: state = None   # e.g. objects `weights_only` refuses: fastai's own `load` (with its kwargs) decides
-    hasopt = isinstance(state, dict) and set(state) == {'model', 'opt'}
-    model_state, legacy = _upgrade_state(state['model'] if hasopt else state) if isinstance(state, dict) else (state, None)
-    if legacy is not None: state = {'model': model_state, 'opt': state['opt']} if hasopt else model_state
-    mp = masks_path(path)
-    return state, (Masks.load(mp) if mp.exists() else legacy), legacy is not None
-
-def _checkpoint_masks(path) -> Masks|None:
-    "The masks of a checkpoint written by `Learner.save` (`None` if it is dense)."
-    return _read_checkpoint(path)[1]
-
-def _sync_masks(learn):
-    "After a load, `learn.pruning_masks` and the pruning callbacks follow the mask the model now carries, and a callback keeps it."
-    masks = _model_masks(get_model(learn.model))
-    if masks is None: return
-    if learn.pruning_masks != masks: learn._pruning_masks = masks
-    for cb in learn.cbs:
-        if isinstance(cb, PruneAtInitCallback) and cb.masks != masks: cb.masks = learn._pruning_masks
-    if not any(isinstance(cb, KeepPrunedCallback) for cb in learn.cbs): learn.add_cb(KeepPrunedCallback())
-
-_fastai_load = getattr(Learner.load, '_fastai_load', Learner.load)
-
-@patch
-@delegates(load_model)
-def load(self:Learner, file, device=None, **kwargs):
-    "fastai's `Learner.load`; the checkpoint's masks (saved beside it, or in an old-style pruned checkpoint) are applied too"
-    path = join_path_file(file, self.path/self.model_dir, ext='.pth')
-    model = get_model(self.model)
-    state, file_masks, legacy = _read_checkpoint(path)
-    if file_masks is not None: file_masks.check(model)   # before anything changes
-    old_masks = _model_masks(model)
-    if file_masks is not None and old_masks is not None and old_masks != file_masks: old_masks.remove(model)
-    try:
-        if not legacy: _fastai_load(self, file, device=device, **kwargs)
-        else:   # written by force_edu before issue 17: fastai's own `load` of the same checkpoint with plain `weight` keys
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(state, Path(d)/'upgraded.pth')
-                _fastai_load(self, str(Path(d)/'upgraded'), device=device, **kwargs)
-    except BaseException:
-        if old_masks is not None and _model_masks(model) is None: old_masks.apply(model)   # as it was
-        raise
-    if file_masks is not None: file_masks.apply(model)
-    _sync_masks(self)
-    return self
-
-Learner.load._fastai_load = _fastai_load
-
-# %% ../nbs/04_callback.ipynb #3c5ad708
-_DEMO = dict(size=16, steps=10, epochs=3, lr=1e-2, bs=64, bn_mode=_BN_DEFAULT)
-
-def _steps_for(method, steps):
-    m = get_method(method)
-    return steps if m.iterative or m.default_steps > 1 else None
-
-def demo_run(method:str, # a key of `METHODS`, or 'dense' for no pruning
-             sparsity:float=0.99, # fraction of prunable weights to remove, in [0, 1)
-             epochs:int=_DEMO['epochs'], # training epochs (one-cycle schedule)
-             out:str|Path='.', # `learn.path`: where fastai may write
-             size:int=_DEMO['size'], # side of the input images (the digits are 8x8, upsampled)
-             steps:int|None=_DEMO['steps'], # pruning steps $T$ (iterative methods) or batches averaged (-MB methods)
-             lr:float=_DEMO['lr'], # maximum learning rate of `fit_one_cycle`
-             bs:int=_DEMO['bs'], # batch size
-             bn_mode:str=_DEMO['bn_mode'], # BatchNorm mode while saliencies are computed
-             seed:int=0, # seed of the initialization, the data order and random pruning
-            ) -> dict:
-    "One row of the demo: a `vision_learner` ResNet-18 on the digits, pruned by `method` (or dense), trained, evaluated."
-    from fastai.vision.all import vision_learner, resnet18, accuracy, set_seed
-    from force_edu.data import digits_dls
-    set_seed(seed)   # the same initialization and data order for every method
-    dls = digits_dls(size=size, bs=bs, seed=42)
-    cb = None if method == 'dense' else PruneAtInitCallback(sparsity, method, steps=_steps_for(method, steps), bn_mode=bn_mode,
-                                                             seed=seed, progress=False, verbose=False)
-    learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy, path=out, cbs=cb)
-    with learn.no_bar(), learn.no_logging():
-        t0 = time.perf_counter()
-        learn.fit_one_cycle(epochs, lr)
-        total = time.perf_counter() - t0
-        acc = float(learn.validate()[1])
-    m = cb.masks if cb else Masks.ones_like(learn.model)
-    prune_s = cb.report['seconds'] if cb else 0.
-    return dict(method=method, sparsity=round(m.sparsity, 6), dead_layers=len(m.dead_layers), accuracy=round(acc, 4),
-                prune_s=round(prune_s, 1), train_s=round(total - prune_s, 1), masks=cb.masks if cb else None)
-
-def run_demo(sparsity:float=0.99, # fraction of prunable weights to remove, in [0, 1)
-             method:str='force', # the pruning method compared with random pruning and the dense network
-             epochs:int=_DEMO['epochs'], # training epochs of each network (one-cycle schedule)
-             out:str|Path|None=None, # folder for everything written (masks, `demo_results.csv`); `None`: a temporary folder, removed at the end
-             size:int=_DEMO['size'], # side of the input images (the digits are 8x8, upsampled)
-             steps:int|None=_DEMO['steps'], # pruning steps $T$ of iterative methods
-             lr:float=_DEMO['lr'], # maximum learning rate of `fit_one_cycle`
-             bs:int=_DEMO['bs'], # batch size
-             bn_mode:str=_DEMO['bn_mode'], # BatchNorm mode while saliencies are computed
-             seed:int=0, # seed of the initialization, the data order and random pruning
-             threads:int|None=1, # torch CPU threads while it runs (`None`: leave as is); 1 is fastest on a shared 2-core machine
-             verbose:bool=True, # print progress lines and the table
-            ):
-    "Train a ResNet-18 on the digits pruned by `method`, pruned at random, and dense; return the results as a `DataFrame`."
-    import pandas as pd
-    check_prune_args(sparsity, method, _steps_for(method, steps), 'exp', 1, bn_mode)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    scratch = tempfile.TemporaryDirectory(prefix='force-edu-demo-') if out is None else None   # nothing is left behind without `out`
-    out = Path(scratch.name if scratch else out)
-    out.mkdir(parents=True, exist_ok=True)
-    say = print if verbose else (lambda *a, **k: None)
-    where = f"writing to {out}" if scratch is None else "files in a temporary folder, removed at the end (--out DIR keeps them)"
-    say(f"force-edu demo: resnet18 on the digits ({size}x{size}), sparsity {sparsity}, {epochs} epochs; {where}")
-    old_threads = torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)
-    rows = []
-    try:
-        for run in [method] + (['random'] if method != 'random' else []) + ['dense']:
-            r = demo_run(run, sparsity, epochs, out, size, steps, lr, bs, bn_mode, seed)
-            if r['masks'] is not None: r.pop('masks').save(out/f'{run}_mask.pt')
-            else: r.pop('masks')
-            rows.append(r)
-            say(f"  {run:10s} accuracy {r['accuracy']:.4f}  (pruning {r['prune_s']:.0f} s, training {r['train_s']:.0f} s)")
-        res = pd.DataFrame(rows).set_index('method')
-        res.to_csv(out/'demo_results.csv')
-    finally:
-        if threads: torch.set_num_threads(old_threads)
-        if scratch is not None: scratch.cleanup()
-    say(res.to_string())
-    return res
-
-# %% ../nbs/04_callback.ipynb #16c5541f
-@call_parse
-def demo(sparsity:float=0.99, # fraction of prunable weights to remove, in [0, 1)
-         method:str='force', # pruning method compared with random pruning and dense
-         epochs:int=_DEMO['epochs'], # training epochs of each network
-         out:str=None, # folder for everything written (default: none kept: a temporary folder, removed at the end)
-         size:int=_DEMO['size'], # side of the input images
-         steps:int=_DEMO['steps'], # pruning steps of iterative methods
-         lr:float=_DEMO['lr'], # maximum learning rate
-         seed:int=0, # seed of the initialization, the data order and random pruning
-        ):
-    "Prune a ResNet-18 at initialization on the digits; compare with random pruning and the dense network."
-    try: check_prune_args(sparsity, method, _steps_for(method, steps) if method in METHODS else None)
-    except ValueError as e: raise CliError(f"force-edu demo: error: {e}")
-    if epochs < 1: raise CliError(f"force-edu demo: error: epochs must be >= 1, got {epochs}")
-    run_demo(sparsity, method, epochs, out, size=size, steps=steps, lr=lr, seed=seed)

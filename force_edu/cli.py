@@ -6,42 +6,36 @@ Docs: https://force-edu.github.io/force_edu/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #0759bd52
 from __future__ import annotations
-import argparse, importlib, json as _json, math, sys, warnings
-from pathlib import Path
+import argparse, importlib, json as _json, sys, warnings
+
+from .options import (OPTIONS, SWEEP_COMMAND, DEMO_OPTIONS, BN_MODES, SCHEDULE_MODES, SALIENCY_LOSS_NAMES,
+                               ABLATION_CHOICES, FASHION_MNIST_DIR, Option, check_data, _Final)
+
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'BN_MODES', 'SCHEDULE_MODES', 'LOSS_NAMES', 'ABLATIONS', 'FASHION_MNIST_DIR', 'DEMO_DEFAULTS', 'PROG',
-           'COMMANDS', 'CommandError', 'option', 'flag', 'quiet_dependencies', 'heavy_import', 'Command',
-           'format_datasets', 'data', 'data_options', 'demo_options', 'sweep_data', 'sweep_options', 'usage', 'main']
+__all__ = ['LOSS_NAMES', 'ABLATIONS', 'PROG', 'sweep_data', 'COMMANDS', 'CommandError', 'option', 'flag', 'add_options',
+           'quiet_dependencies', 'heavy_import', 'Command', 'format_datasets', 'data', 'data_options', 'demo_options',
+           'sweep_options', 'methods', 'methods_options', 'usage', 'main']
 
 # %% ../nbs/07_cli.ipynb #a488b5f0
-METHOD_NAMES = ('random', 'magnitude', 'snip', 'snip_mb', 'grasp', 'grasp_mb', 'erk', 'smart_ratio',
-                'force', 'iter_snip', 'grasp_it', 'synflow')  # the keys of `force_edu.methods.METHODS` (a test keeps them equal)
-BN_MODES = ('train', 'eval')  # BatchNorm modes while saliencies are computed (`force_edu.sensitivity.BN_MODES`)
-SCHEDULE_MODES = ('exp', 'linear')  # sparsity schedules of iterative methods (`force_edu.methods.SCHEDULE_MODES`)
-LOSS_NAMES = ('cross_entropy', 'raw_nll')  # saliency losses of the sweep (the keys of `force_edu.sweep.LOSSES`)
-ABLATIONS = ('none', 'shuffle', 'reinit', 'invert')  # the sweep's sanity checks (`force_edu.sweep.SWEEP_ABLATIONS`)
-FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # `force_edu.data.FASHION_MNIST_PATH`
-DEMO_DEFAULTS = dict(sparsity=0.99, method='force', epochs=3, size=16, steps=10, lr=1e-2, seed=0, threads=1)  # `force_edu.callback.run_demo`'s
+LOSS_NAMES, ABLATIONS = SALIENCY_LOSS_NAMES, ABLATION_CHOICES   # the names this module had for them
+
 
 # %% ../nbs/07_cli.ipynb #24598af7
 class CommandError(Exception):
     "A value a subcommand rejects: `main` prints the message as one line and returns status 2."
 
-def _checked(conv, ok, what):
-    "An argparse `type`: `conv(text)`, accepted if `ok` of it is true; otherwise an error that says `what` to pass."
+def _parse(o:Option):
+    "An argparse `type` for option `o`: the text converted as `o.type` says, then `o`'s check; its error says what to pass."
+    conv = next((t for t in (int, float) if o.type in (t, t | None)), str)
     def f(text):
         try: v = conv(text)
-        except ValueError: v = None
-        if v is None or not ok(v): raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return v
+        except ValueError: raise argparse.ArgumentTypeError(f"{o.name} must be {o.cli_check.what}, got {text!r}") from None
+        try: return o.cli_check(v)
+        except _Final as e: raise argparse.ArgumentTypeError(str(e)) from None
+        except ValueError as e: raise argparse.ArgumentTypeError(f"{o.name} must be {e}, got {text!r}") from None
     f.__name__ = conv.__name__
     return f
-
-_sparsity = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1) (the fraction of prunable weights removed: 0.99 keeps 1%)")
-_pos_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
-_nat_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-_pos_float = _checked(float, lambda v: 0 < v < math.inf, "a positive number")
 
 class _Parser(argparse.ArgumentParser):
     "An `ArgumentParser` whose usage errors are one line: `force-edu demo: error: ... (see `force-edu demo --help`)`."
@@ -71,6 +65,23 @@ def flag(p:argparse.ArgumentParser, # the parser to add to
     neg = name.startswith('no_')
     p.add_argument('--' + name.replace('_', '-'), dest=dest or (name[3:] if neg else name),
                    action='store_false' if neg else 'store_true', help=help.replace('%', '%%'))
+
+def _metavar(o):
+    "The value's name in the help: the option's name, in the singular for a list ('sparsities': SPARSITY)."
+    n = o.name if not o.many else o.name[:-3] + 'y' if o.name.endswith('ies') else o.name.rstrip('s')
+    return n.upper()
+
+def add_options(p:argparse.ArgumentParser, # the parser to add to
+                options:dict[str, Option], # declared options (`force_edu.options`); those with `cli=False` are left out
+               ):
+    "Add every option of `options` to `p`: a value option with its check, or a flag for a boolean (`--no-x` if on by default)."
+    for o in options.values():
+        if not o.cli: continue
+        if o.type is bool: flag(p, ('no_' if o.default else '') + o.name, o.help, dest=o.name)
+        else: option(p, o.name, _parse(o), o.default, o.help, o.choices, '+' if o.many else None,
+                     _metavar(o))
+    p.set_defaults(**{o.name: o.default for o in options.values() if o.cli and o.type is bool})
+
 
 # %% ../nbs/07_cli.ipynb #d2b21bd0
 class quiet_dependencies(warnings.catch_warnings):
@@ -103,8 +114,7 @@ class Command:
         "The function that runs the subcommand, imported now if it was registered as 'module:function'."
         if not isinstance(self.run, str): return self.run
         mod, _, attr = self.run.partition(':')
-        f = getattr(heavy_import(mod), attr)
-        return getattr(f, '__wrapped__', f)   # the plain function under fastcore's `call_parse`
+        return getattr(heavy_import(mod), attr)
 
 PROG = 'force-edu'
 
@@ -134,67 +144,40 @@ def data_options(p:argparse.ArgumentParser, # the parser to add the options to
 # %% ../nbs/07_cli.ipynb #138c7179
 def demo_options(p:argparse.ArgumentParser, # the parser to add the options to
                 ):
-    "The options of `force-edu demo`: the arguments of `force_edu.callback.run_demo` that a user sets."
-    d = DEMO_DEFAULTS
-    option(p, 'sparsity', _sparsity, d['sparsity'], "fraction of prunable weights removed, in [0, 1): 0.99 keeps 1%")
-    option(p, 'method', str, d['method'], "pruning method compared with random pruning and the dense network", METHOD_NAMES)
-    option(p, 'epochs', _pos_int, d['epochs'], "training epochs of each network")
-    option(p, 'out', str, None, "folder for the masks and demo_results.csv (default: none kept; a temporary folder, removed at the end)")
-    option(p, 'size', _pos_int, d['size'], "side of the input images, in pixels (the 8x8 digits, upsampled)")
-    option(p, 'steps', _pos_int, d['steps'], "pruning steps of iterative methods (batches averaged by the _mb methods)")
-    option(p, 'lr', _pos_float, d['lr'], "maximum learning rate of fit_one_cycle")
-    option(p, 'seed', _nat_int, d['seed'], "seed of the initialization, the data order and random pruning")
-    option(p, 'threads', _pos_int, d['threads'],
-           "torch CPU threads; the accuracies depend on it (1: the same table on any machine's core count)")
+    "The options of `force-edu demo`: `force_edu.options.DEMO_OPTIONS`, the demo's own settings."
+    add_options(p, DEMO_OPTIONS)
+
 
 # %% ../nbs/07_cli.ipynb #ba881371
-def sweep_data(text:str, # the value of `--data`
-              ) -> str:
-    "`--data` checked: 'digits', 'fashion-mnist' if it is installed, or an existing folder."
-    if text == 'digits' or (text == 'fashion-mnist' and Path(FASHION_MNIST_DIR).is_dir()) or Path(text).is_dir(): return text
-    if text == 'fashion-mnist':
-        raise argparse.ArgumentTypeError(f"Fashion-MNIST is not in {FASHION_MNIST_DIR}: install it with `apt-get install "
-                                         "dataset-fashion-mnist` (as root; `sudo apt-get ...` otherwise), or pass --data digits")
-    raise argparse.ArgumentTypeError(f"must be 'fashion-mnist', 'digits' or an existing folder, got {text!r}")
+sweep_data = check_data   # `--data`'s check (`force_edu.options.check_data`), under the name this module had for it
 
 def sweep_options(p:argparse.ArgumentParser, # the parser to add the options to
                  ):
-    "The options of `force-edu sweep`: the arguments of `force_edu.sweep.sweep`, with the same defaults."
-    option(p, 'data', sweep_data, 'fashion-mnist', "'fashion-mnist', 'digits', or a folder (CIFAR-style train/ and test/, or MNIST-style IDX files)")
-    option(p, 'arch', str, 'vgg', "'vgg', 'resnet', or a torchvision / timm model name")
-    option(p, 'methods', str, ('random', 'snip', 'force', 'iter_snip'), "pruning methods ('dense' adds the dense run)",
-           METHOD_NAMES + ('dense',), nargs='+', metavar='METHOD')
-    option(p, 'sparsities', _sparsity, (0.9, 0.99, 0.998), "fractions of prunable weights removed, each in [0, 1): "
-           "0.99 keeps 1%; 0 adds the dense run", nargs='+', metavar='SPARSITY')
-    option(p, 'epochs', _pos_int, 3, "training epochs of every run")
-    option(p, 'seeds', _nat_int, (0,), "seeds (initialization, batch order, random pruning)", nargs='+', metavar='SEED')
-    option(p, 'out', str, 'sweep', "folder for results.json and accuracy_vs_sparsity.png; a sweep there resumes")
-    option(p, 'steps', _pos_int, 50, "pruning steps of iterative methods")
-    option(p, 'bn_mode', str, 'train', "BatchNorm while saliencies are computed", BN_MODES)
-    option(p, 'n_train', _pos_int, None, "random subset of the training images (default: all)")
-    option(p, 'n_valid', _pos_int, None, "random subset of the validation images (default: all)")
-    option(p, 'width', _pos_int, 32, "width of the vgg and resnet networks")
-    option(p, 'lr', _pos_float, 1e-2, "maximum learning rate of fit_one_cycle")
-    option(p, 'bs', _pos_int, 128, "batch size")
-    option(p, 'size', _pos_int, None, "image side, in pixels (default: the data set's)")
-    option(p, 'mode', str, 'exp', "sparsity schedule of iterative methods", SCHEDULE_MODES)
-    option(p, 'batches_per_step', _pos_int, 1, "batches averaged at each pruning step")
-    option(p, 'loss', str, 'cross_entropy', "saliency loss (raw_nll: the official code's)", LOSS_NAMES)
-    option(p, 'temperature', _pos_float, None, "divide the logits by this in the saliency loss (GraSP's code: 200; "
-           "default: each method's own)")
-    option(p, 'samples_per_class', _pos_int, None, "score class-balanced batches of this many images per class "
-           "(GraSP's code: 10; default: plain batches)")
-    option(p, 'ablation', str, ('none',), "sanity checks of each scored method's mask (none: its own)", ABLATIONS, nargs='+')
-    flag(p, 'no_dense', "leave out the dense run (by default there is one per seed: the horizontal line)")
-    option(p, 'threads', _pos_int, 1, "torch CPU threads")
-    flag(p, 'no_progress', "plain lines instead of a progress bar over the runs")
-    p.set_defaults(dense=True, progress=True)
+    "The options of `force-edu sweep`: `force_edu.options.SWEEP_COMMAND`, the library's defaults."
+    add_options(p, SWEEP_COMMAND)
+
+def methods(json:bool=False, # print JSON instead of a table
+           ):
+    "List the registered pruning methods, one line each: what `--method` and `--methods` accept."
+    ms = heavy_import('force_edu.methods').METHODS
+    rows = {n: dict(iterative=m.iterative, uses_data=m.uses_data, default_steps=m.default_steps,
+                    default_loss=m.default_loss if m.uses_data else None, summary=m.summary) for n, m in ms.items()}
+    if json: print(_json.dumps(rows, indent=2)); return
+    w = max(map(len, rows))
+    print('\n'.join(f"  {n:<{w}}  {r['summary']}" for n, r in rows.items()))
+
+def methods_options(p:argparse.ArgumentParser, # the parser to add the options to
+                   ):
+    "The options of `force-edu methods`."
+    flag(p, 'json', "print JSON instead of a table")
+
 
 # %% ../nbs/07_cli.ipynb #caf56c87
 COMMANDS = {
     'data': Command("List the data sets this machine has offline and how to load them.", data_options, data),
+    'methods': Command("List the pruning methods, one line each.", methods_options, methods),
     'demo': Command("Prune a ResNet-18 at initialization on the digits; compare with random pruning and the dense network.",
-                    demo_options, 'force_edu.callback:run_demo'),   # the callback notebook
+                    demo_options, 'force_edu.demo:run_demo'),   # the demo notebook
     'sweep': Command("Prune at initialization, train and test every (method, sparsity, seed); plot accuracy against sparsity.",
                      sweep_options, 'force_edu.sweep:sweep'),      # the sweep notebook
 }
@@ -230,6 +213,6 @@ def main(argv:list[str]|None=None, # the arguments after the program name (defau
         if e.code is None or isinstance(e.code, int): return e.code or 0
         print(e.code, file=sys.stderr); return 2
     except Exception as e:
-        if not isinstance(e, CommandError) and type(e).__name__ != 'CliError': raise   # fastcore's, raised by `sweep`
+        if not isinstance(e, CommandError): raise
         print(e, file=sys.stderr); return 2
     return res if isinstance(res, int) else 0

@@ -22,19 +22,18 @@ from fastprogress.fastprogress import progress_bar
 from .masks import *
 from .sensitivity import *
 from .speed import fast_topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
-from .sanity import erk_mask, smart_ratio_mask
+from .densities import erk_mask, smart_ratio_mask   # the layer-density baselines
+from .options import SCHEDULE_MODES, SALIENCY_LOSS_NAMES, PRUNE_OPTIONS, takes, register_check   # each option declared once
 from .sensitivity import _plain
 from .diagnose import *
 from .diagnose import _first_tensor
 
 # %% auto #0
-__all__ = ['SCHEDULE_MODES', 'METHODS', 'SALIENCY_LOSSES', 'sparsity_schedule', 'repeat_batches', 'bars_shown', 'tempered_loss',
-           'check_temperature', 'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'PruningJob',
-           'prune_at_init', 'model_fingerprint', 'same_fingerprint']
+__all__ = ['METHODS', 'SALIENCY_LOSSES', 'sparsity_schedule', 'repeat_batches', 'bars_shown', 'tempered_loss',
+           'check_temperature', 'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'check_method',
+           'PruningJob', 'prune_at_init', 'model_fingerprint', 'same_fingerprint']
 
 # %% ../nbs/02_methods.ipynb #b3e22b74
-SCHEDULE_MODES = ('exp', 'linear')
-
 def sparsity_schedule(m:int, # number of prunable weights
                       k:int, # number kept at the end
                       steps:int, # number of pruning steps $T$
@@ -148,7 +147,8 @@ class PruningMethod:
     second_order: bool = False # differentiates twice (a Hessian-vector product): attention runs on its math kernel
 
 METHODS: dict[str, PruningMethod] = {}
-SALIENCY_LOSSES = {'cross_entropy': F.cross_entropy, 'raw_nll': raw_logit_nll}   # the paper's written loss; its official code's NLL of raw logits
+SALIENCY_LOSSES = dict(zip(SALIENCY_LOSS_NAMES, (F.cross_entropy, raw_logit_nll)))   # the paper's written loss; the official
+# code's NLL of raw logits
 
 def register_method(name:str, # registry key
                     iterative:bool, # uses a sparsity schedule over `steps`
@@ -177,45 +177,40 @@ def get_method(name:str, # a key of `METHODS`, e.g. 'force'
         raise ValueError(f"unknown pruning method {name!r}; known methods: {', '.join(METHODS)}")
     return METHODS[name]
 
+def check_method(name:str, # a method's name
+                ) -> str:
+    "`name` if it is a registered method (the check of the `method` option), else `get_method`'s error."
+    if not isinstance(name, str): raise ValueError(f"a method is named by a string, a key of METHODS; got {name!r}")
+    return get_method(name).name
+register_check('method', check_method)   # the `method` option's check (`force_edu.options`) reads this registry
+
+
 # %% ../nbs/02_methods.ipynb #bff89d65
 class PruningJob:
     "Validated inputs of one `prune_at_init` call, and the helpers every method shares."
+    @takes(PRUNE_OPTIONS)
     def __init__(self, model:nn.Module, # the network at initialisation (never modified)
                  batches:Iterable|None, # (x, y) batches, consumed once in order (`None` for data-free methods)
-                 sparsity:float, # fraction of prunable weights to remove, in [0, 1)
-                 method:str='force', # a key of `METHODS`
-                 steps:int|None=None, # pruning steps $T$ (one-shot methods: batch groups averaged); `None`: the method's default
-                 mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
-                 batches_per_step:int=1, # batches whose gradients are averaged at each step
-                 loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: the method's `default_loss` (raw-logit NLL for FORCE and Iterative SNIP, cross-entropy for the others: measured)
-                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
-                 bn_mode:str='train', # BatchNorm during saliency: 'train' (batch statistics) or 'eval' (running statistics)
-                 seed:int|None=None, # seed of the random method
+                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
                  progress:bool=False, # show a `fastprogress` bar over the steps
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
                  input_shape:tuple|None=None, # input shape without the batch dimension (SynFlow without batches)
-                 temperature:float|None=None, # divide the logits by this in the saliency loss (GraSP's code: 200); `None`: the method's default
-                 invert:bool=False, # keep the k lowest scores instead of the k highest (at every step of an iterative method)
+                 **options, # the options of `PRUNE_OPTIONS` (sparsity, method, steps, ...), each checked by its declaration
                 ):
-        self.method = get_method(method)
-        self.sparsity = check_sparsity(sparsity)
-        if steps is None: steps = self.method.default_steps
-        for nm, v in (('steps', steps), ('batches_per_step', batches_per_step)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{nm} must be an integer >= 1, got {v!r}")
-        steps, batches_per_step = int(steps), int(batches_per_step)
-        if mode not in SCHEDULE_MODES: raise ValueError(f"mode must be one of {SCHEDULE_MODES}, got {mode!r}")
-        check_bn_mode(bn_mode)
-        if not isinstance(invert, bool): raise ValueError(f"invert must be True or False, got {invert!r}")
-        if invert and not self.method.scored:
-            raise ValueError(f"invert=True keeps the k lowest scores, but method {method!r} ranks no scores (it draws a random mask)")
-        self.invert, self.n_ranked = invert, 0   # `n_ranked`: top-k calls made through `topk`
+        o = options
+        self.method, self.sparsity, method = get_method(o['method']), o['sparsity'], o['method']
+        steps, batches_per_step, mode = o['steps'] or self.method.default_steps, o['batches_per_step'], o['mode']
+        if o['invert'] and not self.method.scored:
+            raise ValueError(f"invert=True keeps the k lowest scores, but method {method!r} ranks no scores "
+                             "(it draws a random mask)")
+        self.invert, self.n_ranked = o['invert'], 0   # `n_ranked`: top-k calls made through `topk`
         self.model, self.steps, self.mode, self.batches_per_step = model, steps, mode, batches_per_step
-        self.seed, self.progress, self.on_step, self.input_shape = seed, progress, on_step, input_shape
-        self.temperature = check_temperature(temperature, self.method)
-        if loss_func is None: loss_func = SALIENCY_LOSSES[self.method.default_loss]
+        self.seed, self.progress, self.on_step, self.input_shape = o['seed'], progress, on_step, input_shape
+        self.temperature = check_temperature(o['temperature'], self.method)
+        loss_func = o['loss_func'] or self.method.default_loss
+        if isinstance(loss_func, str): loss_func = SALIENCY_LOSSES[loss_func]
         if self.temperature != 1: loss_func = tempered_loss(loss_func, self.temperature)
-        self.loss = FastMaskedLoss(model, loss_func, layer_types, bn_mode)   # a `MaskedLoss`; raises if no prunable layer
+        self.loss = FastMaskedLoss(model, loss_func, layer_types, o['bn_mode'])   # a `MaskedLoss`; raises if no prunable layer
         self.m = self.loss.m
         self.k = n_kept(self.m, self.sparsity)
         self.schedule = [self.k] if self.k == self.m else (
@@ -440,34 +435,27 @@ def _cudnn_deterministic(enabled:bool, # False: a no-op (the CPU path)
     finally: cudnn.deterministic, cudnn.benchmark = prev
 
 @document_parameters
+@takes(PRUNE_OPTIONS, check=False)   # `PruningJob` checks them
 def prune_at_init(model:nn.Module, # the network at initialisation (not modified)
                   batches:Iterable|None, # (x, y) batches on any device: a DataLoader, a list, a generator
-                  sparsity:float, # fraction of prunable weights to remove, in [0, 1) (0.99 keeps 1%)
-                  method:str='force', # a key of `METHODS`
-                  steps:int|None=None, # pruning steps $T$, each reading `batches_per_step` batches (one-shot methods: batch groups averaged); `None`: `METHODS[method].default_steps` (300 for FORCE and Iterative SNIP, the paper's)
-                  mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
-                  batches_per_step:int=1, # batches whose gradients are averaged at each step
-                  loss_func:Callable|None=None, # saliency loss `loss_func(output, target)`; `None`: the method's `default_loss` (raw-logit NLL for FORCE and Iterative SNIP, cross-entropy for the others: measured)
-                  layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
-                  bn_mode:str='train', # BatchNorm during saliency: 'train' (batch statistics, measured best) or 'eval' (running statistics)
-                  seed:int|None=None, # seed of the random method (other methods are deterministic given the batches)
+                  layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
                   progress:bool=False, # show a `fastprogress` bar over the steps
                   on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
-                  input_shape:tuple|None=None, # input shape without the batch dimension, for data-free SynFlow without batches
-                  temperature:float|None=None, # divide the logits by this in the saliency loss (GraSP's code: 200); `None`: the method's default
-                  invert:bool=False, # keep the k lowest scores instead of the k highest, at every step (Frankle et al.'s inverted scores)
+                  input_shape:tuple|None=None, # input shape without the batch dimension, for SynFlow without batches
+                  **options, # `PRUNE_OPTIONS`: sparsity, method, steps, mode, loss_func, bn_mode, temperature, seed, ...
                  ) -> Masks:
     "Compute a pruning mask for `model` at initialisation with `method`; the model is left unchanged."
     with torch.inference_mode(False):   # also works when called under `torch.inference_mode()`
-        job = PruningJob(model, batches, sparsity, method, steps, mode, batches_per_step, loss_func, layer_types,
-                         bn_mode, seed, progress, on_step, input_shape, temperature, invert)
+        job = PruningJob(model, batches, layer_types=layer_types, progress=progress, on_step=on_step,
+                         input_shape=input_shape, **options)
+        method, bn_mode = job.method.name, job.loss.bn_mode
         if job.k == job.m: return Masks.ones_like(model, layer_types)
         on_cuda = any(t.is_cuda for t in job.theta)
         first_order = [n for n, m in METHODS.items() if not m.second_order and m.uses_data]
         with (saliency_mode(model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda),
               math_attention(job.method.second_order), explain_missing_derivatives(method, job.method.second_order, first_order)):
             flat = job.method.run(job)
-        if invert and job.n_ranked == 0:
+        if job.invert and job.n_ranked == 0:
             raise ValueError(f"method {method!r} does not rank its scores with `job.topk`, so invert=True cannot apply to it")
         masks = Masks.from_flat(flat, job.loss.shapes)
         assert masks.kept == job.k, (masks.kept, job.k)

@@ -14,60 +14,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from .masks import *
+from .densities import *   # the layer-density baselines (ERK, smart ratios) and random per-layer masks
+from .densities import _check_seed
+
 
 # %% auto #0
-__all__ = ['ABLATIONS', 'layer_shapes', 'random_layer_mask', 'shuffle_within_layers', 'reinit_model', 'capped_densities',
-           'layer_counts', 'erk_densities', 'smart_ratio_densities', 'density_mask', 'erk_mask', 'smart_ratio_mask',
-           'density_table', 'ablate']
-
-# %% ../nbs/10_sanity.ipynb #b0c62ccc
-def _check_seed(seed):
-    "`seed` as an int (a fresh one from the OS if `None`); a `ValueError` if it is not an integer >= 0."
-    if seed is None: return int.from_bytes(os.urandom(7), 'little')   # leaves torch's global RNG alone
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
-    return int(seed)
-
-def layer_shapes(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
-                ) -> dict[str, torch.Size]:
-    "The weight shape of every prunable layer, in layer order."
-    if isinstance(layers, Masks): return layers.shapes
-    if isinstance(layers, nn.Module):
-        return {k: torch.Size(weight_of(h).shape) for k, h in prunable_weights(layers).items()}
-    if not isinstance(layers, Mapping):
-        raise ValueError(f"expected a Masks, a model or a mapping of layer name -> weight shape, got {type(layers).__name__}")
-    out = {}
-    for n, s in layers.items():
-        s = tuple(s) if isinstance(s, (tuple, list, torch.Size)) else None
-        if not s or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in s):
-            raise ValueError(f"layer {n!r}: a weight shape is a non-empty tuple of positive integers, got {layers[n]!r}")
-        out[str(n)] = torch.Size(s)
-    if not out: raise ValueError("no layer given: pass at least one layer name -> weight shape")
-    return out
-
-def _check_k(k, m):
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k <= m:
-        raise ValueError(f"cannot keep k={k!r} of the {m} prunable weights: k must be an integer with 0 <= k <= {m}")
-    return int(k)
-
-# %% ../nbs/10_sanity.ipynb #27511ba7
-def random_layer_mask(layers, # the layers' weight shapes: a `Masks`, a model, or a mapping layer name -> shape
-                      counts:Mapping[str, int], # layer name -> number of its weights to keep
-                      seed:int|None=None, # seed of the draw (`None`: a fresh one from the OS)
-                     ) -> Masks:
-    "A mask keeping `counts[layer]` weights of every layer, at positions drawn uniformly at random within the layer."
-    shapes = layer_shapes(layers)
-    if list(counts) != list(shapes): raise ValueError(f"the counts name other layers than the shapes: {list(counts)} vs {list(shapes)}")
-    g = torch.Generator().manual_seed(_check_seed(seed))   # one generator, layers in order: the same seed gives the same mask
-    out = {}
-    for n, s in shapes.items():
-        size, c = math.prod(s), counts[n]
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c <= size:
-            raise ValueError(f"layer {n!r}: cannot keep {c!r} of its {size} weights")
-        keep = torch.zeros(size, dtype=torch.bool)
-        keep[torch.randperm(size, generator=g)[:int(c)]] = True
-        out[n] = keep.view(s)
-    return Masks(out)
+__all__ = ['ABLATIONS', 'shuffle_within_layers', 'reinit_model', 'density_table', 'ablate']
 
 # %% ../nbs/10_sanity.ipynb #44c077d6
 def shuffle_within_layers(masks:Masks, # the mask to shuffle (not modified)
@@ -108,117 +60,6 @@ def reinit_model(model:nn.Module, # the network at initialisation (not modified)
     with torch.no_grad():
         for n in names: nmods[n].weight.copy_(fmods[n].weight)
     return new
-
-# %% ../nbs/10_sanity.ipynb #6e025ce4
-def capped_densities(weights:Mapping[str, float], # layer name -> relative density (> 0): layer densities are proportional to it
-                     layers, # the layers' weight shapes (`Masks`, model or mapping), in the order of `weights`
-                     k:float, # number of weights to keep over these layers (may be fractional)
-                    ) -> dict[str, float]:
-    "Densities $\\min(1, c\\,w_l)$ keeping `k` weights in all: layers that would pass 1 are made dense and $c$ is re-solved for the rest, until none passes 1."
-    shapes = layer_shapes(layers)
-    if list(weights) != list(shapes): raise ValueError(f"the weights name other layers than the shapes: {list(weights)} vs {list(shapes)}")
-    w = [float(v) for v in weights.values()]
-    if not all(0 < v < math.inf for v in w): raise ValueError(f"relative densities are positive and finite, got {list(weights.values())}")
-    sizes = [math.prod(s) for s in shapes.values()]
-    if not 0 <= k <= sum(sizes): raise ValueError(f"cannot keep k={k!r} of the {sum(sizes)} weights of these layers")
-    dense = [False] * len(w)
-    while True:
-        rest = k - sum(n for n, dn in zip(sizes, dense) if dn)                  # weights left for the layers not yet dense
-        mass = sum(v * n for v, n, dn in zip(w, sizes, dense) if not dn)
-        c = rest / mass if mass else 0.
-        over = [i for i, v in enumerate(w) if not dense[i] and c * v >= 1]
-        if not over: break
-        for i in over: dense[i] = True
-    return {n: 1. if dn else min(1., c * v) for n, v, dn in zip(shapes, w, dense)}
-
-# %% ../nbs/10_sanity.ipynb #12392235
-def layer_counts(densities:Mapping[str, float], # layer name -> fraction of its weights to keep, in [0, 1]
-                 layers, # the layers' weight shapes (`Masks`, model or mapping), in the order of `densities`
-                 k:int, # total number of weights to keep; `sum(density * size)` must be within one weight of it
-                ) -> dict[str, int]:
-    "Whole numbers of weights per layer that add up to exactly `k`, none above the layer's size: largest-remainder rounding of `density * size`, ties to the earlier layer."
-    shapes = layer_shapes(layers)
-    sizes = [math.prod(s) for s in shapes.values()]
-    m = sum(sizes)
-    k = _check_k(k, m)
-    if list(densities) != list(shapes): raise ValueError(f"the densities name other layers than the shapes: {list(densities)} vs {list(shapes)}")
-    d = [float(v) for v in densities.values()]
-    bad = [n for n, v in zip(densities, d) if not 0 <= v <= 1]   # NaN fails too
-    if bad: raise ValueError(f"a density lies in [0, 1]; layer {bad[0]!r} has {densities[bad[0]]!r}")
-    x = [v * n for v, n in zip(d, sizes)]
-    if abs(sum(x) - k) >= 1:   # rounding moves less than one weight in all; more is not a rounding question
-        raise ValueError(f"the densities keep {sum(x):.1f} weights, not k={k}; rescale them first (e.g. with `capped_densities`)")
-    counts = [min(n, math.floor(xi)) for xi, n in zip(x, sizes)]
-    frac = [xi - math.floor(xi) for xi in x]
-    up = sorted(range(len(x)), key=lambda i: (-frac[i], i))     # largest fractional part first, ties: earlier layer
-    down = sorted(range(len(x)), key=lambda i: (frac[i], -i))   # the reverse, should the floors overshoot
-    r = k - sum(counts)   # weights still to place (negative: to take back); at most one per layer and pass
-    while r > 0:
-        for i in up:
-            if r and counts[i] < sizes[i]: counts[i] += 1; r -= 1
-    while r < 0:
-        for i in down:
-            if r and counts[i] > 0: counts[i] -= 1; r += 1
-    return dict(zip(shapes, counts))
-
-# %% ../nbs/10_sanity.ipynb #b416e118
-def erk_densities(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
-                  k:int, # number of weights to keep over all layers
-                 ) -> dict[str, float]:
-    "RigL's Erdős–Rényi-Kernel densities: layer $l$'s density is proportional to $\\sum_i s_i / \\prod_i s_i$ over its weight shape $s$, capped at 1, keeping `k` weights in all."
-    shapes = layer_shapes(layers)
-    k = _check_k(k, sum(math.prod(s) for s in shapes.values()))
-    return capped_densities({n: sum(s) / math.prod(s) for n, s in shapes.items()}, shapes, k)
-
-# %% ../nbs/10_sanity.ipynb #8b2496cd
-def smart_ratio_densities(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
-                          k:int, # number of weights to keep over all layers
-                          linear_density:float=0.3, # fixed density of the Linear (2-D) layers, the authors' default
-                          l2_decay:bool=False, # also divide layer $l$'s ratio by $l^2$, as the authors' code does for every architecture but ResNet
-                         ) -> dict[str, float]:
-    "Su et al.'s smart ratios: layer $l$ of $L$ keeps a fraction proportional to $(L-l+1)^2 + (L-l+1)$, Linear layers a fixed `linear_density`, capped at 1, keeping `k` weights in all."
-    shapes = layer_shapes(layers)
-    sizes = {n: math.prod(s) for n, s in shapes.items()}
-    k = _check_k(k, sum(sizes.values()))
-    if isinstance(linear_density, bool) or not isinstance(linear_density, numbers.Real) or not 0 < linear_density <= 1:
-        raise ValueError(f"linear_density must be a number in (0, 1], got {linear_density!r}")
-    L = len(shapes)
-    ratio = {n: ((L - l + 1)**2 + (L - l + 1)) / (l**2 if l2_decay else 1) for l, n in enumerate(shapes, 1)}
-    lin = [n for n, s in shapes.items() if len(s) == 2]
-    rest = [n for n in shapes if n not in lin]
-    n_lin = sum(sizes[n] for n in lin)
-    if not lin or not rest or linear_density * n_lin >= k:   # no fixed share possible: every layer follows the rule
-        return capped_densities(ratio, shapes, k)
-    k_rest = min(k - linear_density * n_lin, sum(sizes[n] for n in rest))
-    d = capped_densities({n: ratio[n] for n in rest}, {n: shapes[n] for n in rest}, k_rest)
-    d_lin = (k - k_rest) / n_lin   # linear_density, unless the other layers are all dense and weights are left over
-    return {n: d_lin if n in lin else d[n] for n in shapes}
-
-# %% ../nbs/10_sanity.ipynb #17f1e1ec
-def density_mask(densities:Mapping[str, float], # layer name -> fraction of its weights to keep (e.g. `erk_densities`)
-                 layers, # the layers' weight shapes: a `Masks`, a model, or a mapping layer name -> shape
-                 k:int, # total number of weights to keep
-                 seed:int|None=None, # seed of the positions within each layer (`None`: a fresh one from the OS)
-                ) -> Masks:
-    "A random mask with `layer_counts(densities, layers, k)` weights in each layer: exactly `k` in all, random within a layer."
-    shapes = layer_shapes(layers)
-    return random_layer_mask(shapes, layer_counts(densities, shapes, k), seed)
-
-def erk_mask(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
-             k:int, # number of weights to keep
-             seed:int|None=None, # seed of the positions within each layer
-            ) -> Masks:
-    "A random mask with ERK layer densities (`erk_densities`), exactly `k` weights kept."
-    return density_mask(erk_densities(layers, k), layers, k, seed)
-
-def smart_ratio_mask(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
-                     k:int, # number of weights to keep
-                     seed:int|None=None, # seed of the positions within each layer
-                     linear_density:float=0.3, # fixed density of the Linear (2-D) layers
-                     l2_decay:bool=False, # the authors' variant for networks other than ResNets (see `smart_ratio_densities`)
-                    ) -> Masks:
-    "A random mask with Su et al.'s smart-ratio layer densities (`smart_ratio_densities`), exactly `k` weights kept."
-    return density_mask(smart_ratio_densities(layers, k, linear_density, l2_decay), layers, k, seed)
 
 # %% ../nbs/10_sanity.ipynb #ca3739e5
 def density_table(masks, # a `Masks`, or a mapping label -> `Masks` (e.g. method name -> its mask), all on the same layers

@@ -6,134 +6,27 @@ Docs: https://force-edu.github.io/force_edu/sweep.html.md"""
 
 # %% ../nbs/09_sweep.ipynb #3b529a79
 from __future__ import annotations
-import fcntl, hashlib, inspect, json, math, numbers, os, random, shlex, time, warnings
-from collections import OrderedDict
-from functools import partial
+import hashlib, math, numbers, os, random, shlex, time, warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
 
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from fastcore.script import call_parse, CliError, anno_parser
 import fastprogress
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from .masks import *
-from .sensitivity import check_bn_mode, raw_logit_nll
-from .methods import METHODS, SALIENCY_LOSSES, SCHEDULE_MODES, get_method, sparsity_schedule, prune_at_init, check_temperature, BalancedBatches
-from .methods import repeat_batches, bars_shown
-from .sanity import ablate
+from .methods import METHODS, SALIENCY_LOSSES, get_method, sparsity_schedule, check_temperature, bars_shown
+from .options import SWEEP_OPTIONS, SWEEP_COMMAND, SESSION_OPTIONS, ABLATION_CHOICES, takes
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
+from .callback import PruneAtInitCallback, ABLATION_SEED_OFFSET
+from .models import *    # the networks a sweep trains
+from .records import *   # what a run records, its key, and the results file
 
-_BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   # the package's default BatchNorm mode
 
 # %% auto #0
-__all__ = ['ARCHS', 'TRAIN_FIELDS', 'PRUNE_FIELDS', 'SWEEP_ABLATIONS', 'LOSSES', 'ABLATION_SEED_OFFSET', 'kaiming_init',
-           'small_vgg', 'BasicBlock', 'SmallResNet', 'small_resnet', 'make_model', 'arch_channels', 'sweep_dls',
-           'pruning_fields', 'run_key', 'train_run', 'atomic_write_text', 'load_results', 'save_results',
-           'append_result', 'Sweep', 'run_sweep', 'sweep', 'run_sweep_command']
-
-# %% ../nbs/09_sweep.ipynb #fa83ce3a
-def kaiming_init(model:nn.Module, # the network, initialised in place
-                ) -> nn.Module:
-    "Kaiming-normal weights (fan-in, ReLU gain) for every Conv and Linear layer, zero biases, BatchNorm scale 1 and shift 0."
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
-            if m.bias is not None: nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
-            nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
-    return model
-
-def _conv_bn(ci, co, stride=1, k=3):
-    return [nn.Conv2d(ci, co, k, stride, k // 2, bias=False), nn.BatchNorm2d(co)]
-
-def small_vgg(n_in:int=1, # input channels
-              n_out:int=10, # classes
-              width:int=32, # channels of the first stage (doubled at each of the next two)
-             ) -> nn.Sequential:
-    "A VGG-like chain: 3 stages of two conv3x3-BN-ReLU and a max-pool, global average pooling, linear; Kaiming-normal init."
-    w, layers, i = width, OrderedDict(), 0
-    for stage, (ci, co) in enumerate([(n_in, w), (w, 2*w), (2*w, 4*w)], 1):
-        for j in range(2):
-            i += 1
-            conv, bn = _conv_bn(ci if j == 0 else co, co)
-            layers[f'conv{i}'], layers[f'bn{i}'], layers[f'relu{i}'] = conv, bn, nn.ReLU(inplace=True)
-        layers[f'pool{stage}'] = nn.MaxPool2d(2)
-    layers['gap'], layers['flatten'], layers['fc'] = nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4*w, n_out)
-    return kaiming_init(nn.Sequential(layers))
-
-class BasicBlock(nn.Module):
-    "Two conv3x3-BN with a ReLU between, added to the shortcut (identity, or conv1x1-BN when the shape changes), then ReLU."
-    def __init__(self, ci:int, # input channels
-                 co:int, # output channels
-                 stride:int=1, # stride of the first conv (and of the shortcut); 2 halves the resolution
-                ):
-        super().__init__()
-        self.conv1, self.bn1 = _conv_bn(ci, co, stride)
-        self.conv2, self.bn2 = _conv_bn(co, co)
-        self.shortcut = nn.Sequential() if stride == 1 and ci == co else nn.Sequential(OrderedDict(zip(('conv', 'bn'), _conv_bn(ci, co, stride, 1))))
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-class SmallResNet(nn.Module):
-    "A ResNet-like network for small images: conv3x3 stem, three stages of `BasicBlock`s (width, 2 width, 4 width), global average pooling, linear."
-    def __init__(self, n_in:int=1, # input channels
-                 n_out:int=10, # classes
-                 width:int=32, # channels of the first stage (doubled at each of the next two)
-                 blocks:tuple=(2, 2, 2), # basic blocks per stage
-                ):
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(*_conv_bn(n_in, w), nn.ReLU(inplace=True))
-        stages, ci = [], w
-        for s, (n, co) in enumerate(zip(blocks, (w, 2*w, 4*w))):
-            stages.append(nn.Sequential(*[BasicBlock(ci if b == 0 else co, co, 2 if s > 0 and b == 0 else 1) for b in range(n)]))
-            ci = co
-        self.layer1, self.layer2, self.layer3 = stages
-        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4*w, n_out)
-    def forward(self, x):
-        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-def small_resnet(n_in:int=1, # input channels
-                 n_out:int=10, # classes
-                 width:int=32, # channels of the first stage (doubled at each of the next two)
-                 blocks:tuple=(2, 2, 2), # basic blocks per stage
-                ) -> SmallResNet:
-    "A ResNet-like network with skip connections (`SmallResNet`), Kaiming-normal init."
-    return kaiming_init(SmallResNet(n_in, n_out, width, tuple(blocks)))
-
-# %% ../nbs/09_sweep.ipynb #3528f72a
-ARCHS = {'vgg': small_vgg, 'resnet': small_resnet}   # name -> f(n_in, n_out, width) -> nn.Module
-
-def make_model(arch:str, # a key of `ARCHS`, or a torchvision / timm model name
-               n_in:int=1, # input channels (ignored by torchvision / timm models, which take 3)
-               n_out:int=10, # classes
-               width:int=32, # width of `ARCHS` networks
-              ) -> nn.Module:
-    "A new network `arch` with random (Kaiming-normal) initial weights."
-    if arch in ARCHS: return kaiming_init(ARCHS[arch](n_in, n_out, width))
-    import torchvision
-    if arch in torchvision.models.list_models():
-        return kaiming_init(torchvision.models.get_model(arch, weights=None, num_classes=n_out))
-    try: import timm
-    except ImportError: timm = None
-    if timm is not None and timm.is_model(arch):
-        return kaiming_init(timm.create_model(arch, pretrained=False, num_classes=n_out))
-    raise ValueError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}, or a torchvision model name such as "
-                     f"'resnet18'" + ("" if timm is None else " or a timm model name"))
-
-def arch_channels(arch:str, # an architecture name
-                  data_channels:int, # channels of the data set (1 for grayscale)
-                 ) -> int:
-    "The input channels to load the data with: the data's own for `ARCHS` networks, 3 for torchvision / timm ones."
-    return data_channels if arch in ARCHS else 3
+__all__ = ['sweep_dls', 'train_run', 'Sweep', 'run_sweep', 'sweep', 'run_sweep_command']
 
 # %% ../nbs/09_sweep.ipynb #b86ed8dc
 def _n_items(dl):
@@ -162,38 +55,6 @@ def sweep_dls(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder
         return cifar_dls(path, size=size or 32, bs=bs, seed=data_seed, n_train=n_train, n_valid=n_valid), 3
     return idx_dls(path, size=size or 28, bs=bs, channels=channels, seed=data_seed, n_train=n_train, n_valid=n_valid), channels
 
-# %% ../nbs/09_sweep.ipynb #c1d40ff3
-TRAIN_FIELDS = ('data', 'arch', 'width', 'n_train', 'n_valid', 'size', 'bs', 'epochs', 'lr', 'data_seed')   # configuration of every run
-PRUNE_FIELDS = ('steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature', 'samples_per_class')   # configuration of the pruning, where the method uses it
-_KEY_DEFAULTS = {'temperature': 1., 'samples_per_class': None, 'ablation': 'none'}   # fields added later: left out of `run_key` at these values, so older records keep their key
-SWEEP_ABLATIONS = ('none', 'shuffle', 'reinit', 'invert')   # the method's own mask, and Frankle et al.'s three sanity checks of it
-LOSSES = SALIENCY_LOSSES   # the sweep's `--loss` values: `prune_at_init`'s saliency losses (the paper's L, cross-entropy, or the official code's NLL of raw logits)
-
-def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
-                   cfg:dict, # a sweep configuration holding `PRUNE_FIELDS`
-                  ) -> dict:
-    "The pruning configuration `method` actually uses; the other fields `None`."
-    out = dict.fromkeys(PRUNE_FIELDS)
-    if method == 'dense': return out
-    m = get_method(method)
-    if m.iterative: out.update(steps=cfg['steps'], mode=cfg['mode'])
-    elif m.default_steps > 1: out.update(steps=cfg['steps'])   # the -MB methods average over `steps` groups of batches
-    if m.uses_data: out.update(batches_per_step=cfg['batches_per_step'], bn_mode=cfg['bn_mode'], loss=cfg['loss'],
-                               temperature=check_temperature(cfg.get('temperature'), m), samples_per_class=cfg.get('samples_per_class'))
-    return out
-
-def run_key(rec:dict, # a run record (or any dict with the key fields)
-           ) -> str:
-    "The identity of a run: method, sparsity, seed, ablation (unless none) and the configuration fields it uses, as a canonical JSON string."
-    if 'temperature' not in rec: rec = {**rec, 'temperature': 1.}   # a record from before the option: its runs scored without a temperature
-    k = {f: rec.get(f) for f in ('method', 'seed', 'ablation') + TRAIN_FIELDS}
-    k['sparsity'] = round(float(rec['sparsity']), 10)
-    k.update(pruning_fields(rec['method'], rec) if rec['method'] == 'dense' or rec['method'] in METHODS else
-             {f: rec.get(f) for f in PRUNE_FIELDS})
-    for f, default in _KEY_DEFAULTS.items():
-        if k.get(f) in (None, default): k.pop(f, None)
-    return json.dumps(k, sort_keys=True)
-
 # %% ../nbs/09_sweep.ipynb #17d8d4de
 def _versions():
     import fastai, force_edu
@@ -213,26 +74,6 @@ def _run_bar(mb, label):
             if self.training: self.i += 1; self.pb.update(self.i)
     return RunBar()
 
-ABLATION_SEED_OFFSET = 1_000_003   # the shuffle and the new weights of run `seed` are drawn with seed + this: never the initialisation's own seed
-
-def _callback_prune(cb, # a `PruneAtInitCallback`
-                    invert:bool, # keep the k lowest scores (`prune_at_init(invert=True)`)
-                   ):
-    "The callback's own `_prune(model, dl)`, with `invert` passed on to `prune_at_init` (the callback has no such option)."
-    return partial(type(cb)._prune, cb, invert=invert)
-
-def _ablated_prune(prune, # a callback's `_prune(model, dl)` returning the method's mask
-                   kind:str, # 'shuffle' or 'reinit'
-                   seed:int, # seed of the shuffle or of the new weights
-                  ):
-    "`prune`, then `ablate` its mask: the shuffled mask, or the same mask with the model's prunable weights drawn again (in place; `kaiming_init`, the sweep's own initialisation)."
-    def run(model, dl):
-        masks, new = ablate(prune(model, dl), model, kind, seed, init=kaiming_init)
-        if kind == 'reinit':
-            with torch.no_grad(): model.load_state_dict(new.state_dict())   # the learner keeps its model object
-        return masks
-    return run
-
 def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIELDS`)
               method:str, # a key of `METHODS`, or 'dense'
               sparsity:float, # the requested sparsity (0 for 'dense')
@@ -250,25 +91,14 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
     from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
     import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
-    from force_edu.callback import PruneAtInitCallback
-    if ablation not in SWEEP_ABLATIONS: raise ValueError(f"ablation must be one of {', '.join(SWEEP_ABLATIONS)}, got {ablation!r}")
-    if ablation != 'none' and (method == 'dense' or not get_method(method).scored):
-        raise ValueError(f"ablation {ablation!r} needs a method that ranks scores, not {method!r}")
+    if method == 'dense' and ablation != 'none': raise ValueError(f"ablation {ablation!r} needs a pruning method, not 'dense'")
     set_seed(seed)
     for dl in (dls.train, dls.valid): dl.rng = random.Random(seed)   # the same batch order for every method of a seed
     model = make_model(cfg['arch'], n_in, len(dls.vocab), cfg['width'])
     pf = pruning_fields(method, cfg)
-    cb = None
-    if method != 'dense':
-        loss_func = LOSSES[pf['loss'] or 'cross_entropy']
-        cb = PruneAtInitCallback(sparsity, method, steps=pf['steps'], mode=pf['mode'] or 'exp',
-                                 batches_per_step=pf['batches_per_step'] or 1, bn_mode=pf['bn_mode'] or _BN_DEFAULT,
-                                 loss_func=loss_func, seed=seed, progress=False, verbose=False, temperature=pf['temperature'])
-        if ablation == 'invert': cb._prune = _callback_prune(cb, invert=True)   # before the class-balanced wrapper, which wraps it
-        if pf['samples_per_class']:   # score class-balanced batches drawn from the training stream
-            spc, n_classes, prune = pf['samples_per_class'], len(dls.vocab), cb._prune
-            cb._prune = lambda model, dl: prune(model, BalancedBatches(dl, spc, n_classes))
-        if ablation in ('shuffle', 'reinit'): cb._prune = _ablated_prune(cb._prune, ablation, seed + ABLATION_SEED_OFFSET)
+    cb = None if method == 'dense' else PruneAtInitCallback(   # the run's ablation is an option of the pruning
+        sparsity, method, **{k: v for k, v in pf.items() if v is not None and k != 'loss'}, loss_func=pf['loss'],
+        seed=seed, ablation=ablation, init=kaiming_init, progress=False, verbose=False)
     label = method if ablation == 'none' else f"{method} ({ablation})"
     cbs = [c for c in (cb, None if mb is None else _run_bar(mb, f"{label} {sparsity:g} seed {seed}")) if c is not None]
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, path=path, cbs=cbs)
@@ -294,127 +124,32 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
         rec['masks_file'] = name
     return rec
 
-# %% ../nbs/09_sweep.ipynb #f4b8daae
-def atomic_write_text(path:str|Path, # destination
-                      text:str, # content
-                     ) -> Path:
-    "Write `text` to `path` through a temporary file and a rename: readers see the old or the new content, never a mix."
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, 'w') as f:
-            f.write(text); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
-def load_results(path:str|Path, # a `results.json` written by a sweep (missing: no records)
-                ) -> list[dict]:
-    "The records of `path`, or `[]` if it does not exist; a clear error if it is not a sweep's results file."
-    path = Path(path)
-    if not path.exists(): return []
-    try: recs = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); move it away to start a new sweep there") from None
-    if not isinstance(recs, list) or not all(isinstance(r, dict) and {'method', 'sparsity', 'seed'} <= set(r) for r in recs):
-        raise ValueError(f"{path} is not a sweep's results file (a JSON list of run records)")
-    return recs
-
-def save_results(path:str|Path, # destination, usually `DIR/results.json`
-                 records:list[dict], # every record to keep
-                ) -> Path:
-    "Write `records` to `path` atomically, as indented JSON."
-    return atomic_write_text(path, json.dumps(records, indent=1) + '\n')
-
-def append_result(path:str|Path, # the `results.json` to add to (created if missing)
-                  record:dict, # one run's record
-                 ) -> Path:
-    "Add `record` to `path` under an exclusive lock on its folder (`fcntl.flock`), so sweeps running side by side lose no record."
-    path = Path(path)
-    fd = os.open(path.parent, os.O_RDONLY)   # a lock on the folder leaves no lock file behind
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return save_results(path, load_results(path) + [record])
-    finally: os.close(fd)   # closing releases the lock
-
 # %% ../nbs/09_sweep.ipynb #f384f027
-def _check_int(v, name, lo=1, none_ok=False):
-    if v is None and none_ok: return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}{' or None' if none_ok else ''}, got {v!r}")
-    return int(v)
-
-def _as_list(v): return [v] if isinstance(v, (str, numbers.Number)) else list(v)
-
 def _labelled(recs):
     "Records with an ablated run's method shown as e.g. 'snip (shuffle)', for plots and tables."
     return [r if r.get('ablation') in (None, 'none') else {**r, 'method': f"{r['method']} ({r['ablation']})"} for r in recs]
 
 class Sweep:
     "A checked plan of runs (method x sparsity x seed, plus one dense run per seed), its data, and where its results go."
-    def __init__(self,
-                 data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CIFAR-style train/ and test/, or IDX files)
-                 arch:str='vgg', # 'vgg', 'resnet' (see `ARCHS`), or a torchvision / timm model name
-                 methods=('random', 'snip', 'force', 'iter_snip'), # keys of `METHODS`
-                 sparsities=(0.9, 0.99, 0.998), # fractions of prunable weights removed, each in (0, 1)
-                 epochs:int=3, # training epochs of every run (`fit_one_cycle`)
-                 seeds=(0,), # one run of every method and sparsity per seed
-                 out:str|Path='sweep', # folder of results.json and accuracy_vs_sparsity.png
-                 steps:int=50, # pruning steps $T$ of iterative methods (batch groups of the -MB methods)
-                 bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' or 'eval' (default: `prune_at_init`'s)
-                 n_train:int|None=None, # random subset of the training images (`None`: all), for CPU budgets
-                 n_valid:int|None=None, # random subset of the validation images (`None`: all)
-                 width:int=32, # width of the `ARCHS` networks
-                 lr:float=1e-2, # maximum learning rate of `fit_one_cycle` (Adam, fastai's default)
-                 bs:int=128, # batch size of training and of pruning
-                 size:int|None=None, # image side (default: the data set's own, 16 for the digits)
-                 mode:str='exp', # sparsity schedule of iterative methods: 'exp' (eq. 9) or 'linear' (eq. 8)
-                 batches_per_step:int=1, # batches averaged at each pruning step
-                 loss:str='cross_entropy', # saliency loss: 'cross_entropy' (the training loss) or 'raw_nll' (the official code's)
-                 dense:bool=True, # include one dense run per seed (the horizontal line)
-                 data_seed:int=42, # seed of the data subsets and split
-                 temperature:float|None=None, # logits divided by this in the saliency loss (GraSP's code: 200); `None`: each method's default
-                 samples_per_class:int|None=None, # score class-balanced batches of this many examples per class (GraSP's code: 10); `None`: plain batches
-                 ablation='none', # one or several of 'none' (the method's own mask), 'shuffle', 'reinit', 'invert': each applies to the methods that rank scores
+    @takes(SWEEP_OPTIONS, positional=())
+    def __init__(self, **options, # `SWEEP_OPTIONS`: data, arch, methods, sparsities, seeds, the training's and the pruning's
                 ):
-        methods, sparsities, seeds = _as_list(methods), _as_list(sparsities), _as_list(seeds)
-        if 'dense' in methods: dense, methods = True, [m for m in methods if m != 'dense']
-        for m in methods:
-            if not isinstance(m, str): raise ValueError(f"method names are strings, got {m!r}")
-            get_method(m)   # raises, listing the known methods
-        methods = list(dict.fromkeys(methods))
-        sp = []
-        for s in sparsities:
-            s = check_sparsity(s)
-            if s > 0: sp.append(s)
-            else: dense = True   # sparsity 0 is the dense run
-        sparsities = sorted(set(sp))
+        o = options
+        dense = o['dense'] or 'dense' in o['methods'] or 0 in o['sparsities']   # 'dense' and sparsity 0: the dense run
+        methods, sparsities = [m for m in o['methods'] if m != 'dense'], sorted(s for s in o['sparsities'] if s > 0)
         if methods and not sparsities: raise ValueError("no sparsity in (0, 1) given: pass e.g. sparsities=[0.9, 0.99]")
         if not methods and not dense: raise ValueError("nothing to run: pass at least one method (or dense=True)")
-        seeds = list(dict.fromkeys(_check_int(s, 'each seed', lo=0) for s in seeds))
-        if not seeds: raise ValueError("pass at least one seed")
-        if mode not in SCHEDULE_MODES: raise ValueError(f"mode must be one of {SCHEDULE_MODES}, got {mode!r}")
-        check_bn_mode(bn_mode)
-        if loss not in LOSSES: raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         for meth in methods:   # a bad value fails here; data-free methods ignore the temperature
-            if get_method(meth).uses_data: check_temperature(temperature, get_method(meth))
-        if temperature is not None and not any(get_method(m).uses_data for m in methods):
+            if get_method(meth).uses_data: check_temperature(o['temperature'], get_method(meth))
+        if o['temperature'] is not None and not any(get_method(m).uses_data for m in methods):
             raise ValueError("temperature applies to the saliency loss, and none of the methods uses data: leave it out")
-        ablations = list(dict.fromkeys(_as_list(ablation)))
-        bad = [a for a in ablations if a not in SWEEP_ABLATIONS]
-        if bad or not ablations: raise ValueError(f"ablation must be one or several of {', '.join(SWEEP_ABLATIONS)}, got {bad[0] if bad else ablation!r}")
-        if any(a != 'none' for a in ablations) and not any(get_method(m).scored for m in methods):
-            raise ValueError(f"ablations {ablations} apply to methods that rank scores, and {methods} has none (random masks have nothing to shuffle or invert)")
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        self.cfg = dict(data=str(data), arch=str(arch), width=_check_int(width, 'width'), n_train=_check_int(n_train, 'n_train', none_ok=True),
-                        n_valid=_check_int(n_valid, 'n_valid', none_ok=True), size=_check_int(size, 'size', none_ok=True),
-                        bs=_check_int(bs, 'bs'), epochs=_check_int(epochs, 'epochs'), lr=float(lr), data_seed=_check_int(data_seed, 'data_seed', lo=0),
-                        steps=_check_int(steps, 'steps'), mode=mode, batches_per_step=_check_int(batches_per_step, 'batches_per_step'),
-                        bn_mode=bn_mode, loss=loss, temperature=None if temperature is None else float(temperature),
-                        samples_per_class=_check_int(samples_per_class, 'samples_per_class', none_ok=True))
-        self.methods, self.sparsities, self.seeds, self.dense, self.ablations = methods, sparsities, seeds, bool(dense), ablations
+        if any(a != 'none' for a in o['ablation']) and not any(get_method(m).scored for m in methods):
+            raise ValueError(f"ablations {o['ablation']} apply to methods that rank scores, and {methods} has none "
+                             "(random masks have nothing to shuffle or invert)")
+        self.cfg = {f: o[f] for f in (*TRAIN_FIELDS, 'steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature',
+                                      'samples_per_class')}
+        self.methods, self.sparsities, self.seeds, self.dense = methods, sparsities, o['seeds'], dense
+        self.ablations, out = o['ablation'], o['out']
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir(): raise ValueError(f"out={str(out)!r} exists and is not a folder")
         load_results(self.results_path)   # a damaged results file fails now
@@ -440,7 +175,8 @@ class Sweep:
         for s in self.sparsities:
             k = n_kept(self.m, s)   # raises if the sparsity keeps no weight of this network
             for meth in self.methods:
-                if get_method(meth).iterative: sparsity_schedule(self.m, k, c['steps'], c['mode'])   # raises if steps > m - k
+                m = get_method(meth)
+                if m.iterative: sparsity_schedule(self.m, k, c['steps'] or m.default_steps, c['mode'])   # raises if steps > m - k
         self.chain = merge_ops(model) == []
 
     @property
@@ -481,13 +217,12 @@ class Sweep:
         "`sweep_table` of this sweep's records (mean ± std over seeds, in percent); an ablated method is a row of its own, e.g. 'snip (shuffle)'."
         return sweep_table(_labelled(self.records()), metric)
 
-    def run(self,
-            progress:bool=True, # show a `fastprogress` master bar over the runs
-            verbose:bool=True, # print one line per run and the final table
-            threads:int|None=1, # torch CPU threads while it runs (`None`: leave as is)
+    @takes(SESSION_OPTIONS, positional=())
+    def run(self, **session, # `SESSION_OPTIONS`: progress, verbose, threads
            ):
         "Run every planned run not yet in `results.json`, saving after each; return this sweep's records as a `DataFrame`."
         import pandas as pd
+        progress, verbose, threads = session['progress'], session['verbose'], session['threads']
         say = print if verbose else (lambda *a, **k: None)
         self.out.mkdir(parents=True, exist_ok=True)
         plan = self.plan()
@@ -524,72 +259,37 @@ class Sweep:
         return pd.DataFrame(recs)
 
 # %% ../nbs/09_sweep.ipynb #ec642e45
-def run_sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CIFAR-style train/ and test/, or IDX files)
-              arch:str='vgg', # 'vgg', 'resnet' (see `ARCHS`), or a torchvision / timm model name
-              methods=('random', 'snip', 'force', 'iter_snip'), # keys of `METHODS`
-              sparsities=(0.9, 0.99, 0.998), # fractions of prunable weights removed, each in (0, 1)
-              epochs:int=3, # training epochs of every run (`fit_one_cycle`)
-              seeds=(0,), # one run of every method and sparsity per seed
-              out:str|Path='sweep', # folder of results.json and accuracy_vs_sparsity.png
-              steps:int=50, # pruning steps $T$ of iterative methods (batch groups of the -MB methods)
-              bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: 'train' or 'eval' (default: `prune_at_init`'s)
-              n_train:int|None=None, # random subset of the training images (`None`: all), for CPU budgets
-              progress:bool=True, # show a `fastprogress` master bar over the runs
-              verbose:bool=True, # print one line per run and the final table
-              threads:int|None=1, # torch CPU threads while it runs (`None`: leave as is)
-              **kwargs, # more `Sweep` options: n_valid, width, lr, bs, size, mode, batches_per_step, loss, dense, data_seed, temperature, samples_per_class, ablation
+@takes({**SWEEP_OPTIONS, **SESSION_OPTIONS}, positional=())
+def run_sweep(**options, # `SWEEP_OPTIONS` and `SESSION_OPTIONS`
              ):
     "Prune, train and evaluate every (method, sparsity, seed) not yet in `out/results.json`; save each run at once; plot; return the records."
-    sw = Sweep(data, arch, methods, sparsities, epochs, seeds, out, steps, bn_mode, n_train, **kwargs)
-    return sw.run(progress=progress, verbose=verbose, threads=threads)
+    sw = Sweep(**{k: v for k, v in options.items() if k in SWEEP_OPTIONS})
+    return sw.run(**{k: v for k, v in options.items() if k in SESSION_OPTIONS})
+
 
 # %% ../nbs/09_sweep.ipynb #35865a39
-@call_parse
-def sweep(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CIFAR-style train/ and test/, or MNIST-style IDX files)
-          arch:str='vgg', # 'vgg', 'resnet', or a torchvision / timm model name
-          methods:Annotated[str, {'nargs': '+'}]=('random', 'snip', 'force', 'iter_snip'), # pruning methods: keys of METHODS (random, snip, force, iter_snip, ...); 'dense' adds the dense run
-          sparsities:Annotated[float, {'nargs': '+'}]=(0.9, 0.99, 0.998), # fractions of prunable weights removed, each in [0, 1): 0.99 keeps 1%; 0 adds the dense run
-          epochs:int=3, # training epochs of every run
-          seeds:Annotated[int, {'nargs': '+'}]=(0,), # seeds (initialisation, batch order, random pruning)
-          out:str='sweep', # folder for results.json and accuracy_vs_sparsity.png; a sweep there resumes
-          steps:int=50, # pruning steps of iterative methods
-          bn_mode:str=_BN_DEFAULT, # BatchNorm while saliencies are computed: train or eval
-          n_train:int=None, # random subset of the training images (default: all)
-          n_valid:int=None, # random subset of the validation images (default: all)
-          width:int=32, # width of the vgg and resnet networks
-          lr:float=1e-2, # maximum learning rate of fit_one_cycle
-          bs:int=128, # batch size
-          size:int=None, # image side (default: the data set's)
-          mode:str='exp', # sparsity schedule of iterative methods: exp or linear
-          batches_per_step:int=1, # batches averaged at each pruning step
-          loss:str='cross_entropy', # saliency loss: cross_entropy or raw_nll (the official code's)
-          temperature:float=None, # divide the logits by this in the saliency loss (GraSP's code: 200; default: each method's own)
-          samples_per_class:int=None, # score class-balanced batches of this many images per class (GraSP's code: 10; default: plain batches)
-          ablation:Annotated[str, {'nargs': '+'}]=('none',), # sanity checks of each scored method's mask: none (its own), shuffle, reinit, invert
-          dense:bool=True, # one dense run per seed, the horizontal line
-          threads:int=1, # torch CPU threads
-          progress:bool=True, # a progress bar over the runs (False: plain lines)
-         ):
-    "Prune at initialization, train and test every (method, sparsity, seed); plot accuracy against sparsity."
-    try:
-        sw = Sweep(data=data, arch=arch, methods=methods, sparsities=sparsities, epochs=epochs, seeds=seeds, out=out, steps=steps,
-                   bn_mode=bn_mode, n_train=n_train, n_valid=n_valid, width=width, lr=lr, bs=bs, size=size, mode=mode,
-                   batches_per_step=batches_per_step, loss=loss, dense=dense, temperature=temperature,
-                   samples_per_class=samples_per_class, ablation=ablation)
-    except (ValueError, FileNotFoundError) as e: raise CliError(f"force-edu sweep: error: {e}") from None
-    try: sw.run(progress=progress, verbose=True, threads=threads)
+@takes(SWEEP_COMMAND, positional=())
+def sweep(**options, # `SWEEP_COMMAND`: the options of `force-edu sweep`
+         ) -> int:
+    "`force-edu sweep`: prune at initialization, train and test every (method, sparsity, seed); plot accuracy against sparsity."
+    from force_edu.cli import CommandError
+    try: sw = Sweep(**{k: v for k, v in options.items() if k in SWEEP_OPTIONS})
+    except (ValueError, FileNotFoundError) as e: raise CommandError(f"force-edu sweep: error: {e}") from None
+    try: sw.run(progress=options['progress'], verbose=True, threads=options['threads'])
     except KeyboardInterrupt: return 130
     print(f"results: {sw.results_path}\nfigure:  {sw.figure_path}")
     return 0
+
 
 # %% ../nbs/09_sweep.ipynb #baf65765
 def run_sweep_command(cmd:str, # a command line as a user types it: 'force-edu sweep --data ... --methods ...'
                      ) -> float:
     "Run `cmd` in this process, its options parsed as the `force-edu sweep` console script parses them; return its wall time in seconds."
+    from force_edu.cli import COMMANDS
     words = shlex.split(cmd) if isinstance(cmd, str) else []
     if words[:2] != ['force-edu', 'sweep']: raise ValueError(f"expected a command line starting with 'force-edu sweep', got {cmd!r}")
-    args = vars(anno_parser(sweep.__wrapped__, prog='force-edu sweep').parse_args(words[2:]))
-    for k in ('pdb', 'xtra'): args.pop(k, None)   # fastcore's own options, not the sweep's
+    args = vars(COMMANDS['sweep'].parser('sweep').parse_args(words[2:]))
     t0 = time.perf_counter()
-    if sweep.__wrapped__(**args) != 0: raise RuntimeError(f"the sweep did not finish: {cmd}")
+    if sweep(**args) != 0: raise RuntimeError(f"the sweep did not finish: {cmd}")
     return time.perf_counter() - t0
+
