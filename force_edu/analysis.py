@@ -56,26 +56,33 @@ METHOD_STYLES = {
     'synflow':   dict(color='tab:pink', ls='-', marker='X'),
 }  # colour, line style and marker of each method in every plot
 
-_EMPTY_MARK = dict(marker='x', color='black', ls='none', mew=2.2, zorder=5)  # an empty layer: a black cross (no method is drawn with black crosses)
+# an empty layer: a black cross (no method is drawn with black crosses)
+_EMPTY_MARK = dict(marker='x', color='black', ls='none', mew=2.2, zorder=5)
 
 def method_style(method:str, # a method name (a key of `METHODS`, or 'dense')
                 ) -> dict:
-    "Matplotlib `color`, `ls` and `marker` of `method` (a fixed colour from its name for a method not in `METHOD_STYLES`)."
+    ("Matplotlib `color`, `ls` and `marker` of `method` "
+     "(a fixed colour from its name for a method not in `METHOD_STYLES`).")
     if method in METHOD_STYLES: return dict(METHOD_STYLES[method])
-    palette = ['tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:olive', 'tab:cyan']
+    palette = ['tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:olive',
+               'tab:cyan']
     return dict(color=palette[sum(map(ord, str(method))) % len(palette)], ls='-', marker='o')
 
 # %% ../nbs/05_analysis.ipynb #18ed01ba
 def _group(v):
-    "A `Masks`, a pruned model, or a non-empty sequence of them (runs to average) as a list of `Masks` on the same layers."
+    ("A `Masks`, a pruned model, or a non-empty sequence of them (runs to average) "
+     "as a list of `Masks` on the same layers.")
     vs = [as_masks(v)] if isinstance(v, (Masks, nn.Module)) else [as_masks(m) for m in v]
     if not vs: raise ValueError("an empty list of masks")
-    if any(m.shapes != vs[0].shapes for m in vs[1:]): raise ValueError("the masks of one group cover different layers or shapes")
+    if any(m.shapes != vs[0].shapes for m in vs[1:]):
+        raise ValueError("the masks of one group cover different layers or shapes")
     return vs
 
 def _layer_stats(group, what='density'):
-    "Per-layer mean and standard deviation over `group` of the density or (`what='kept'`) the number of weights kept."
-    a = np.array([list((m.layer_density() if what == 'density' else m.layer_kept()).values()) for m in group], dtype=float)
+    ("Per-layer mean and standard deviation over `group` of the density "
+     "or (`what='kept'`) the number of weights kept.")
+    a = np.array([list((m.layer_density() if what == 'density' else m.layer_kept()).values()) for m in group],
+                 dtype=float)
     return a.mean(0), a.std(0)
 
 def _layer_axis(ax, names, label=True):
@@ -91,16 +98,19 @@ def _new_axes(ncols=1, figsize=None):
     return fig, list(axs[0])
 
 # %% ../nbs/05_analysis.ipynb #60230894
-def layer_density_plot(masks_by_method:Mapping, # method name -> `Masks`, pruned model, or a list of them (seeds: mean ± std)
-                       title:str|None=None, # figure title, e.g. the architecture and the sparsity
-                       log:bool=False, # logarithmic (symlog) axis for the fraction too
-                       figsize:tuple|None=None, # matplotlib figure size (default: two panels of 5.2 x 3.6 inches)
-                      ):
-    "Fraction (left) and number (right, symlog) of the weights kept in each prunable layer, one line per method; empty layers marked by a black cross (Fig. 7)."
+def layer_density_plot(
+    masks_by_method:Mapping, # method name -> `Masks`, pruned model, or a list of them (seeds: mean ± std)
+    title:str|None=None, # figure title, e.g. the architecture and the sparsity
+    log:bool=False, # logarithmic (symlog) axis for the fraction too
+    figsize:tuple|None=None, # matplotlib figure size (default: two panels of 5.2 x 3.6 inches)
+):
+    ("Fraction (left) and number (right, symlog) of the weights kept in each prunable layer, one line per method; "
+     "empty layers marked by a black cross (Fig. 7).")
     if not masks_by_method: raise ValueError("masks_by_method is empty: pass {method name: Masks}")
     groups = {str(k): _group(v) for k, v in masks_by_method.items()}
     first = next(iter(groups.values()))[0]
-    if any(g[0].shapes != first.shapes for g in groups.values()): raise ValueError("the methods' masks cover different layers")
+    if any(g[0].shapes != first.shapes for g in groups.values()):
+        raise ValueError("the methods' masks cover different layers")
     names, x = list(first), np.arange(len(first))
     fig, (a1, a2) = _new_axes(2, figsize)
     dead_label = True
@@ -119,7 +129,8 @@ def layer_density_plot(masks_by_method:Mapping, # method name -> `Masks`, pruned
         if np.any(_layer_stats(g, 'kept')[0] == 0): dead_label = False
     a1.set_ylabel('fraction of weights kept'); a2.set_ylabel('weights kept')
     a2.set_yscale('symlog', linthresh=1); a2.set_ylim(bottom=-0.3)
-    if log: a1.set_yscale('symlog', linthresh=min([d for g in groups.values() for m in g for d in m.layer_density().values() if d > 0] + [1e-3]))
+    if log: a1.set_yscale('symlog', linthresh=min([d for g in groups.values() for m in g
+                                                   for d in m.layer_density().values() if d > 0] + [1e-3]))
     for ax in (a1, a2): _layer_axis(ax, names); ax.grid(alpha=0.3)
     a1.legend(fontsize=8)
     if title: fig.suptitle(title)
@@ -141,19 +152,23 @@ def _n_tensor_args(args):
 
 def merge_ops(model:nn.Module, # the network to inspect
              ) -> list[str]|None:
-    "The operations of `model` that combine two computed tensors (residual additions, concatenations, gates), found by `torch.fx` tracing; `None` if it cannot be traced."
+    ("The operations of `model` that combine two computed tensors (residual additions, concatenations, gates), "
+     "found by `torch.fx` tracing; `None` if it cannot be traced.")
     import torch.fx as fx
     try: gm = fx.symbolic_trace(model)
     except Exception: return None
     out = []
     for node in gm.graph.nodes:
-        if node.op == 'call_function' and node.target in _MERGE_FUNCS and _n_tensor_args(node.args) >= 2: out.append(node.name)
-        elif node.op == 'call_method' and node.target in _MERGE_METHODS and _n_tensor_args(node.args) >= 2: out.append(node.name)
+        if node.op == 'call_function' and node.target in _MERGE_FUNCS and _n_tensor_args(node.args) >= 2:
+            out.append(node.name)
+        elif node.op == 'call_method' and node.target in _MERGE_METHODS and _n_tensor_args(node.args) >= 2:
+            out.append(node.name)
     return out
 
 # %% ../nbs/05_analysis.ipynb #a06a1542
 def _adjacency(c:Tensor, groups:int=1) -> Tensor:
-    "Boolean (out channels, in channels): whether any kept weight joins the two; grouped convolutions join only their group."
+    ("Boolean (out channels, in channels): whether any kept weight joins the two; "
+     "grouped convolutions join only their group.")
     O = c.shape[0]
     a = c.reshape(O, c.shape[1] if c.dim() > 1 else 1, -1).any(-1)
     if groups == 1: return a
@@ -167,12 +182,13 @@ def _ratio(prev_name, prev, name, cur):
     O, I = prev.shape[0], cur.shape[1]
     if I == O: return 1
     if cur.dim() == 2 and prev.dim() > 2 and I % O == 0: return I // O
-    raise ValueError(f"layer {name!r} takes {I} input channels/features but layer {prev_name!r} gives {O} outputs: the prunable "
-                     f"layers do not form a chain (a skip connection, a concatenation or a branch?); `disconnected_weights` "
-                     f"handles chains of Conv/Linear layers only")
+    raise ValueError(f"layer {name!r} takes {I} input channels/features but layer {prev_name!r} gives {O} outputs: "
+                     f"the prunable layers do not form a chain (a skip connection, a concatenation or a branch?); "
+                     f"`disconnected_weights` handles chains of Conv/Linear layers only")
 
 class Connectivity:
-    "The kept weights of a chain of layers split into those on a path from input to output (`effective`) and the rest (`disconnected`)."
+    ("The kept weights of a chain of layers split into those on a path from input to output (`effective`) "
+     "and the rest (`disconnected`).")
     def __init__(self,
                  masks:Masks, # the kept weights
                  effective:Masks, # the kept weights on at least one input-to-output path
@@ -192,16 +208,18 @@ class Connectivity:
         return pd.DataFrame(dict(kept=self.masks.layer_kept(), effective=self.effective.layer_kept(),
                                  disconnected=self.disconnected.layer_kept())).rename_axis('layer')
     def summary(self) -> str:
-        return (f"{self.n_disconnected:,} of {self.masks.kept:,} kept weights ({self.fraction_disconnected:.1%}) are disconnected "
-                f"from the input or the output; {self.n_effective:,} effective")
+        return (f"{self.n_disconnected:,} of {self.masks.kept:,} kept weights ({self.fraction_disconnected:.1%}) "
+                f"are disconnected from the input or the output; {self.n_effective:,} effective")
     def __repr__(self): return f"Connectivity: {self.summary()}"
 
 # %% ../nbs/05_analysis.ipynb #6cba2488
-def disconnected_weights(model_or_masks, # a pruned model, a dense model plus `masks`, or a `Masks` alone (shapes only)
-                         masks:Masks|None=None, # with a model: the masks to check (default: the ones the model carries)
-                         check_chain:bool=True, # with a model: refuse one whose traced graph merges two tensors (skip connections)
-                        ) -> Connectivity:
-    "Which kept weights lie on no path of kept weights from the network's input to its output, for a chain of Conv/Linear layers."
+def disconnected_weights(
+    model_or_masks, # a pruned model, a dense model plus `masks`, or a `Masks` alone (shapes only)
+    masks:Masks|None=None, # with a model: the masks to check (default: the ones the model carries)
+    check_chain:bool=True, # with a model: refuse one whose traced graph merges two tensors (skip connections)
+) -> Connectivity:
+    ("Which kept weights lie on no path of kept weights from the network's input to its output, "
+     "for a chain of Conv/Linear layers.")
     model = model_or_masks if isinstance(model_or_masks, nn.Module) else None
     if model is None:
         if masks is not None: raise ValueError("pass either a model (and optionally masks) or Masks alone")
@@ -215,12 +233,14 @@ def disconnected_weights(model_or_masks, # a pruned model, a dense model plus `m
         if check_chain:
             merges = merge_ops(model)
             if merges is None:
-                warnings.warn(f"could not trace {type(model).__name__} with torch.fx to check that it has no skip connection; "
+                warnings.warn(f"could not trace {type(model).__name__} with torch.fx "
+                              f"to check that it has no skip connection; "
                               f"the result assumes its prunable layers form a chain")
             elif merges:
-                raise ValueError(f"{type(model).__name__} merges tensors ({', '.join(merges[:4])}{', ...' if len(merges) > 4 else ''}): "
-                                 f"skip connections or concatenations, around which the chain rule of `disconnected_weights` "
-                                 f"does not hold; pass check_chain=False to apply it anyway")
+                raise ValueError(f"{type(model).__name__} merges tensors "
+                                 f"({', '.join(merges[:4])}{', ...' if len(merges) > 4 else ''}): "
+                                 f"skip connections or concatenations, around which the chain rule "
+                                 f"of `disconnected_weights` does not hold; pass check_chain=False to apply it anyway")
     names = list(masks)
     adj = [_adjacency(masks[n], groups[n]) for n in names]
     ratios = [1] + [_ratio(names[i-1], masks[names[i-1]], names[i], masks[names[i]]) for i in range(1, len(names))]
@@ -242,7 +262,8 @@ def disconnected_weights(model_or_masks, # a pruned model, a dense model plus `m
         c, g = masks[n], groups[n]
         O, Ig = c.shape[0], c.shape[1]
         # the full input channel of each (out, local in) pair of a grouped layer
-        idx = (torch.arange(O)[:, None] // (O // g)) * Ig + torch.arange(Ig)[None] if g > 1 else torch.arange(Ig)[None].expand(O, Ig)
+        idx = ((torch.arange(O)[:, None] // (O // g)) * Ig + torch.arange(Ig)[None] if g > 1
+               else torch.arange(Ig)[None].expand(O, Ig))
         ok = reached[i][idx] & feeds[i][:, None]
         eff[n] = c & ok.reshape(O, Ig, *([1] * (c.dim() - 2)))
     return Connectivity(masks, Masks(eff))
@@ -250,9 +271,10 @@ def disconnected_weights(model_or_masks, # a pruned model, a dense model plus `m
 # %% ../nbs/05_analysis.ipynb #4825e044
 class MaskHistory:
     "An `on_step(t, k_t, masks)` callback that records the per-layer state of the mask after every pruning step."
-    def __init__(self,
-                 keep_masks:bool=False, # also keep every intermediate `Masks` (memory: one bit per weight and step, as bytes)
-                ):
+    def __init__(
+        self,
+        keep_masks:bool=False, # also keep every intermediate `Masks` (memory: one bit per weight and step, as bytes)
+    ):
         self.keep_masks = keep_masks
         self.steps, self.k, self.kept, self.revived, self.masks = [], [], [], [], []
         self.totals, self.final, self._prev = None, None, None
@@ -268,18 +290,22 @@ class MaskHistory:
     @property
     def m(self) -> int: return sum(self.totals.values())
     def frame(self, what:str='density'):
-        "A `pandas.DataFrame`, one row per step (1..T), one column per layer: the density (`what='density'`) or the count ('kept')."
+        ("A `pandas.DataFrame`, one row per step (1..T), one column per layer: "
+         "the density (`what='density'`) or the count ('kept').")
         import pandas as pd
         df = pd.DataFrame(self.kept, index=pd.Index(self.steps, name='step'))
         return df / pd.Series(self.totals) if what == 'density' else df
     def dead(self):
         "One row per step: the number of dead layers, the weights kept and the weights revived at that step."
         import pandas as pd
-        return pd.DataFrame(dict(k=self.k, dead_layers=[sum(v == 0 for v in r.values()) for r in self.kept], revived=self.revived),
+        return pd.DataFrame(dict(k=self.k, dead_layers=[sum(v == 0 for v in r.values()) for r in self.kept],
+                                 revived=self.revived),
                             index=pd.Index(self.steps, name='step'))
     def intermediate(self, every:int=1) -> dict:
-        "{global density $k_t/m$: `Masks`} of every `every`-th step and the last (needs `keep_masks=True`), for `consistency_plot`."
-        if not self.keep_masks: raise ValueError("construct MaskHistory(keep_masks=True) to keep the intermediate masks")
+        ("{global density $k_t/m$: `Masks`} of every `every`-th step and the last (needs `keep_masks=True`), "
+         "for `consistency_plot`.")
+        if not self.keep_masks:
+            raise ValueError("construct MaskHistory(keep_masks=True) to keep the intermediate masks")
         idx = sorted(set(range(every - 1, len(self.masks), every)) | {len(self.masks) - 1})
         return {self.k[i] / self.m: self.masks[i] for i in idx}
     def __repr__(self):
@@ -307,7 +333,8 @@ def plot(self:MaskHistory,
                   title:str|None=None, # axes title
                   ax=None, # matplotlib axes to draw on (default: a new figure)
                  ):
-    "Per-layer density against the pruning step; the global density $k_t/m$ dashed, dead layers marked by a black cross."
+    ("Per-layer density against the pruning step; the global density $k_t/m$ dashed, "
+     "dead layers marked by a black cross.")
     import matplotlib.pyplot as plt
     if not self.steps: raise ValueError("no step recorded: pass the history as `on_step` to an iterative method first")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 3.8))
@@ -327,25 +354,30 @@ def plot(self:MaskHistory,
     return fig
 
 # %% ../nbs/05_analysis.ipynb #0d21c61f
-def consistency_plot(masks_by_level:Mapping, # a label (a sparsity, a density or a string) -> `Masks`, or a list of them (seeds)
-                     title:str|None=None, # axes title, e.g. the method
-                     level:str='sparsity', # how to read float labels in the legend: 'sparsity', 'density', or 'label' (as given)
-                     log:bool=True, # symlog y axis (the fractions span orders of magnitude)
-                     ax=None, # matplotlib axes to draw on (default: a new figure)
-                    ):
-    "Fraction of each layer kept, one line per sparsity level (mean ± std over seeds); lines that keep their shape mean a consistent method (Fig. 10)."
+def consistency_plot(
+    masks_by_level:Mapping, # a label (a sparsity, a density or a string) -> `Masks`, or a list of them (seeds)
+    title:str|None=None, # axes title, e.g. the method
+    level:str='sparsity', # how to read float labels in the legend: 'sparsity', 'density', or 'label' (as given)
+    log:bool=True, # symlog y axis (the fractions span orders of magnitude)
+    ax=None, # matplotlib axes to draw on (default: a new figure)
+):
+    ("Fraction of each layer kept, one line per sparsity level (mean ± std over seeds); "
+     "lines that keep their shape mean a consistent method (Fig. 10).")
     import matplotlib.pyplot as plt
-    if level not in ('sparsity', 'density', 'label'): raise ValueError(f"level must be 'sparsity', 'density' or 'label', got {level!r}")
+    if level not in ('sparsity', 'density', 'label'):
+        raise ValueError(f"level must be 'sparsity', 'density' or 'label', got {level!r}")
     if not masks_by_level: raise ValueError("masks_by_level is empty: pass {sparsity: Masks}")
     groups = {k: _group(v) for k, v in masks_by_level.items()}
     first = next(iter(groups.values()))[0]
-    if any(g[0].shapes != first.shapes for g in groups.values()): raise ValueError("the masks cover different layers")
+    if any(g[0].shapes != first.shapes for g in groups.values()):
+        raise ValueError("the masks cover different layers")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 3.8))
     cmap, x = plt.get_cmap('viridis'), np.arange(len(first))
     lo = 1.
     for i, (k, g) in enumerate(groups.items()):
         mu, sd = _layer_stats(g)
-        lab = k if level == 'label' or not isinstance(k, (int, float)) else (f"{100*k:.4g}% sparse" if level == 'sparsity' else f"{100*k:.3g}% kept")
+        lab = (k if level == 'label' or not isinstance(k, (int, float))
+               else (f"{100*k:.4g}% sparse" if level == 'sparsity' else f"{100*k:.3g}% kept"))
         col = cmap(i / max(len(groups) - 1, 1))
         ax.plot(x, mu, color=col, marker='o', ms=4, lw=1.2, label=lab)
         if len(g) > 1: ax.errorbar(x, mu, yerr=sd, fmt='none', ecolor=col, capsize=2)
@@ -359,18 +391,20 @@ def consistency_plot(masks_by_level:Mapping, # a label (a sparsity, a density or
     return fig
 
 # %% ../nbs/05_analysis.ipynb #55be4c84
-def saliency_vs_steps(model:nn.Module, # the network at initialisation (not modified)
-                      batches:Iterable, # re-iterable (x, y) batches (a list or a DataLoader) for pruning; each run starts them again
-                      sparsities:Sequence[float], # the sparsities to measure
-                      steps:Sequence[int]=(1, 2, 5, 10, 20, 50), # the numbers of steps $T$; 1 (the normaliser) is added if missing
-                      mode:str='exp', # the schedule: 'exp' (Fig. 4a, 5a) or 'linear' (Fig. 5b)
-                      eval_batches:Iterable|None=None, # batches the objective is evaluated on (default: the first batch of `batches`)
-                      method:str='force', # the progressive method measured
-                      loss_func:Callable=F.cross_entropy, # the loss of the saliency and of the objective (the paper's $L$, as in its figures)
-                      bn_mode:str=_BN_DEFAULT, # BatchNorm mode while pruning and evaluating (default: `prune_at_init`'s)
-                      **kwargs, # passed to `prune_at_init` (batches_per_step, layer_types, ...)
-                     ):
-    "$S(\\theta, c_T)$ and $S(\\theta, c_T) / S(\\theta, c_1)$ for every sparsity and number of steps $T$, as a `pandas.DataFrame` (one row per run; the ratio is `inf` where $S(\\theta, c_1) = 0$)."
+def saliency_vs_steps(
+    model:nn.Module, # the network at initialisation (not modified)
+    batches:Iterable, # re-iterable (x, y) batches (a list or a DataLoader) for pruning; each run starts them again
+    sparsities:Sequence[float], # the sparsities to measure
+    steps:Sequence[int]=(1, 2, 5, 10, 20, 50), # the numbers of steps $T$; 1 (the normaliser) is added if missing
+    mode:str='exp', # the schedule: 'exp' (Fig. 4a, 5a) or 'linear' (Fig. 5b)
+    eval_batches:Iterable|None=None, # batches the objective is evaluated on (default: the first batch of `batches`)
+    method:str='force', # the progressive method measured
+    loss_func:Callable=F.cross_entropy, # the loss of the saliency and the objective (the paper's $L$ as in its figures)
+    bn_mode:str=_BN_DEFAULT, # BatchNorm mode while pruning and evaluating (default: `prune_at_init`'s)
+    **kwargs, # passed to `prune_at_init` (batches_per_step, layer_types, ...)
+):
+    ("$S(\\theta, c_T)$ and $S(\\theta, c_T) / S(\\theta, c_1)$ for every sparsity and number of steps $T$, "
+     "as a `pandas.DataFrame` (one row per run; the ratio is `inf` where $S(\\theta, c_1) = 0$).")
     import pandas as pd
     steps = sorted(set(int(t) for t in steps) | {1})
     eval_batches = [next(iter(batches))] if eval_batches is None else list(eval_batches)
@@ -378,21 +412,27 @@ def saliency_vs_steps(model:nn.Module, # the network at initialisation (not modi
     for s in sparsities:
         base = None
         for T in steps:
-            c = prune_at_init(model, repeat_batches(batches), s, method, steps=T, mode=mode, loss_func=loss_func, bn_mode=bn_mode, **kwargs)
+            c = prune_at_init(model, repeat_batches(batches), s, method, steps=T, mode=mode, loss_func=loss_func,
+                              bn_mode=bn_mode, **kwargs)
             S = force_objective(model, c, eval_batches, loss_func, bn_mode)
             if T == 1: base = S
             ratio = S / base if base else (math.inf if S > 0 else math.nan)
-            rows.append(dict(sparsity=float(s), steps=T, mode=mode, objective=S, normalised=ratio, dead_layers=len(c.dead_layers)))
+            rows.append(dict(sparsity=float(s), steps=T, mode=mode, objective=S, normalised=ratio,
+                             dead_layers=len(c.dead_layers)))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05_analysis.ipynb #242fb228
-def saliency_vs_steps_plot(results, # a `DataFrame` (or list of records) with sparsity, steps, normalised and optionally mode and seed
-                           y:str='normalised', # the column to plot: 'normalised' (Fig. 4a, 5) or 'objective' ($S$ itself)
-                           title:str|None=None, # axes title
-                           log:bool=True, # logarithmic y axis (the gains span orders of magnitude at extreme sparsity)
-                           ax=None, # matplotlib axes to draw on (default: a new figure)
-                          ):
-    "Normalised FORCE objective (or `y='objective'`) against $T$ (log axes), one line per sparsity, mean ± std over repeated rows (seeds); linear mode dashed; points a log axis cannot show are drawn on its edge: ▲ at the top for an infinite ratio ($S(\\theta, c_1) = 0 < S(\\theta, c_T)$), ▼ at the bottom for $S(\\theta, c_T) = 0$, and counted in the legend."
+def saliency_vs_steps_plot(
+    results, # a `DataFrame` (or list of records) with sparsity, steps, normalised and optionally mode and seed
+    y:str='normalised', # the column to plot: 'normalised' (Fig. 4a, 5) or 'objective' ($S$ itself)
+    title:str|None=None, # axes title
+    log:bool=True, # logarithmic y axis (the gains span orders of magnitude at extreme sparsity)
+    ax=None, # matplotlib axes to draw on (default: a new figure)
+):
+    ("Normalised FORCE objective (or `y='objective'`) against $T$ (log axes), one line per sparsity, "
+     "mean ± std over repeated rows (seeds); linear mode dashed; points a log axis cannot show are drawn on its edge: "
+     "▲ at the top for an infinite ratio ($S(\\theta, c_1) = 0 < S(\\theta, c_T)$), "
+     "▼ at the bottom for $S(\\theta, c_T) = 0$, and counted in the legend.")
     import pandas as pd, matplotlib.pyplot as plt
     from matplotlib.transforms import blended_transform_factory
     if y not in ('normalised', 'objective'): raise ValueError(f"y must be 'normalised' or 'objective', got {y!r}")
@@ -411,7 +451,8 @@ def saliency_vs_steps_plot(results, # a `DataFrame` (or list of records) with sp
         note = f" ({int(bad.sum())} on the edge)" if bad.any() else ''
         ax.plot(st.index, st['mean'], ls='--' if mode == 'linear' else '-', marker='o', ms=4, color=col,
                 label=f"{100*s:.4g}%" + (f" ({mode})" if df['mode'].nunique() > 1 else '') + note)
-        if (st['std'] > 0).any(): ax.fill_between(st.index, st['mean'] - st['std'], st['mean'] + st['std'], color=col, alpha=0.2)
+        if (st['std'] > 0).any():
+            ax.fill_between(st.index, st['mean'] - st['std'], st['mean'] + st['std'], color=col, alpha=0.2)
         top = bad & (g[y] == np.inf)            # S(c_1) = 0 < S(c_T): an infinite ratio
         for e, (sel, mk) in enumerate(((top, '^'), (bad & ~top, 'v'))):   # the rest: S(c_T) = 0 (a ratio 0 or 0/0)
             if sel.any():
@@ -434,7 +475,8 @@ def _records_frame(records, metric):
     import pandas as pd
     df = pd.DataFrame(records)
     missing = {'method', 'sparsity', metric} - set(df.columns)
-    if missing: raise ValueError(f"the records lack the fields {sorted(missing)}; each needs method, sparsity and {metric}")
+    if missing:
+        raise ValueError(f"the records lack the fields {sorted(missing)}; each needs method, sparsity and {metric}")
     if df.empty: raise ValueError("no records")
     df = df.copy()
     df.loc[df.sparsity == 0, 'method'] = 'dense'
@@ -451,7 +493,8 @@ def sweep_table(records, # run records with method, sparsity and `metric`
                 metric:str='accuracy', # the field to show
                 digits:int=2, # decimals, as a percentage
                ):
-    "One row per method, one column per sparsity: 'mean ± std' of `metric` in percent (the ± omitted for a single run)."
+    ("One row per method, one column per sparsity: 'mean ± std' of `metric` in percent "
+     "(the ± omitted for a single run).")
     s = sweep_summary(records, metric)
     fmt = lambda r: f"{100*r['mean']:.{digits}f}" + (f" ± {100*r['std']:.{digits}f}" if r['count'] > 1 else '')
     t = s.apply(fmt, axis=1).unstack('sparsity').fillna('')
@@ -466,15 +509,17 @@ def _sparsity_scale(ax):
     inv = lambda u: 1 - 10 ** (-np.asarray(u, dtype=float))
     ax.set_xscale('function', functions=(f, inv))
 
-def sweep_plot(records, # run records (list of dicts or a `DataFrame`): method, sparsity, `metric`, and seed for several runs
-               metric:str='accuracy', # the field on the y axis
-               title:str|None=None, # axes title
-               chance:float|None=None, # draw the chance level (e.g. 0.1 for ten classes)
-               percent:bool=True, # show `metric` in percent
-               log:bool=False, # logarithmic y axis (runs where `metric` is 0 or less drop off it)
-               ax=None, # matplotlib axes to draw on (default: a new figure)
-              ):
-    "`metric` against sparsity, one line per method (mean ± std shaded, random dashed), the dense network a horizontal line (Fig. 1–3)."
+def sweep_plot(
+    records, # run records (list of dicts or a `DataFrame`): method, sparsity, `metric`, and seed for several runs
+    metric:str='accuracy', # the field on the y axis
+    title:str|None=None, # axes title
+    chance:float|None=None, # draw the chance level (e.g. 0.1 for ten classes)
+    percent:bool=True, # show `metric` in percent
+    log:bool=False, # logarithmic y axis (runs where `metric` is 0 or less drop off it)
+    ax=None, # matplotlib axes to draw on (default: a new figure)
+):
+    ("`metric` against sparsity, one line per method (mean ± std shaded, random dashed), "
+     "the dense network a horizontal line (Fig. 1–3).")
     import matplotlib.pyplot as plt
     s = sweep_summary(records, metric).reset_index()
     k = 100 if percent else 1
@@ -484,7 +529,8 @@ def sweep_plot(records, # run records (list of dicts or a `DataFrame`): method, 
     meths = list(dict.fromkeys(s.method[s.method != 'dense']))
     for meth in [m for m in METHOD_STYLES if m in meths] + [m for m in meths if m not in METHOD_STYLES]:
         st, g = method_style(meth), s[s.method == meth].sort_values('sparsity')
-        ax.plot(g.sparsity, k * g['mean'], color=st['color'], ls=st['ls'], marker=st['marker'], ms=6, lw=1.5, label=meth)
+        ax.plot(g.sparsity, k * g['mean'], color=st['color'], ls=st['ls'], marker=st['marker'], ms=6, lw=1.5,
+                label=meth)
         if (g['count'] > 1).any():
             lo, hi = k * (g['mean'] - g['std']), k * (g['mean'] + g['std'])
             ax.fill_between(g.sparsity, lo, hi, where=(lo > 0) if log else None, color=st['color'], alpha=0.15)
@@ -514,15 +560,17 @@ def _select(df, sel):
     for f, v in sel.items(): keep &= (df[f] == v).to_numpy() if v is not None else df[f].isna().to_numpy()
     return df[keep]
 
-def paired_difference(records, # run records (list of dicts or a `DataFrame`) with `metric`, `pair_on` and the `by` fields
-                      a, # the first selection: a method name, or a dict of field values such as {'method': 'force', 'loss': 'raw_nll'}
-                      b, # the second selection, the same way
-                      by:Sequence[str]=('sparsity',), # fields whose values make the groups (one row each)
-                      metric:str='accuracy', # the field compared
-                      pair_on:str='seed', # the field that pairs a run of `a` with a run of `b`
-                      level:float=0.95, # confidence level of the interval
-                     ):
-    "Per group of `by`: the mean of `a - b` over runs paired on `pair_on`, its standard deviation and its paired-t interval."
+def paired_difference(
+    records, # run records (list of dicts or a `DataFrame`) with `metric`, `pair_on` and the `by` fields
+    a, # the first selection: a method name, or a dict of field values such as {'method': 'force', 'loss': 'raw_nll'}
+    b, # the second selection, the same way
+    by:Sequence[str]=('sparsity',), # fields whose values make the groups (one row each)
+    metric:str='accuracy', # the field compared
+    pair_on:str='seed', # the field that pairs a run of `a` with a run of `b`
+    level:float=0.95, # confidence level of the interval
+):
+    ("Per group of `by`: the mean of `a - b` over runs paired on `pair_on`, "
+     "its standard deviation and its paired-t interval.")
     import pandas as pd
     from scipy import stats
     if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level!r}")
@@ -550,47 +598,55 @@ def paired_difference(records, # run records (list of dicts or a `DataFrame`) wi
     return pd.DataFrame(rows).set_index(by)
 
 # %% ../nbs/05_analysis.ipynb #perseed-code
-def seed_differences(records, # run records (list of dicts or a `DataFrame`) with `metric`, `pair_on` and the `by` fields
-                     a, # the first selection: a method name, or a dict of field values
-                     b, # the second selection, the same way
-                     by:Sequence[str]=('sparsity',), # fields whose values make the cells
-                     metric:str='accuracy', # the field compared
-                     pair_on:str='seed', # the field that pairs a run of `a` with a run of `b`
-                     pooled:bool=True, # add a cell 'pooled' holding, per seed, the mean of its differences over the cells
-                    ):
-    "One difference `a - b` per seed and cell; the pooled cell averages each seed's differences first, so a seed counts once."
+def seed_differences(
+    records, # run records (list of dicts or a `DataFrame`) with `metric`, `pair_on` and the `by` fields
+    a, # the first selection: a method name, or a dict of field values
+    b, # the second selection, the same way
+    by:Sequence[str]=('sparsity',), # fields whose values make the cells
+    metric:str='accuracy', # the field compared
+    pair_on:str='seed', # the field that pairs a run of `a` with a run of `b`
+    pooled:bool=True, # add a cell 'pooled' holding, per seed, the mean of its differences over the cells
+):
+    ("One difference `a - b` per seed and cell; "
+     "the pooled cell averages each seed's differences first, so a seed counts once.")
     import pandas as pd
     paired_difference(records, a, b, by, metric, pair_on)   # validates the selections (one run per cell and seed)
     df, by = _records_frame(records, metric), list(by)
     da, db = _select(df, a), _select(df, b)
     m = da[by + [pair_on, metric]].merge(db[by + [pair_on, metric]], on=by + [pair_on], suffixes=('_a', '_b'))
-    out = m.assign(cell=m[by].astype(str).agg(' '.join, axis=1), diff=m[f'{metric}_a'] - m[f'{metric}_b'])[['cell', pair_on, 'diff']]
+    out = m.assign(cell=m[by].astype(str).agg(' '.join, axis=1),
+                   diff=m[f'{metric}_a'] - m[f'{metric}_b'])[['cell', pair_on, 'diff']]
     if pooled and out.cell.nunique() > 1:
         full = out.groupby(pair_on).cell.nunique() == out.cell.nunique()   # seeds present in every cell
-        pool = out[out[pair_on].isin(full[full].index)].groupby(pair_on, as_index=False)['diff'].mean().assign(cell='pooled')
+        pool = (out[out[pair_on].isin(full[full].index)].groupby(pair_on, as_index=False)['diff'].mean()
+                .assign(cell='pooled'))
         out = pd.concat([out, pool[['cell', pair_on, 'diff']]], ignore_index=True)
     return out
 
 def holm(p:Sequence[float], # p-values of one family of tests
         ) -> list[float]:
-    "Holm's step-down adjustment: each p-value, adjusted so that rejecting where it is below alpha controls the family-wise error."
+    ("Holm's step-down adjustment: each p-value, adjusted so that rejecting where it is below alpha "
+     "controls the family-wise error.")
     order, n, out, run = sorted(range(len(p)), key=lambda i: p[i]), len(p), [0.] * len(p), 0.
     for rank, i in enumerate(order):
         run = max(run, min(1., (n - rank) * p[i]))
         out[i] = run
     return out
 
-def per_seed_analysis(records, # run records with `metric`, `pair_on` and the `by` fields
-                      a, # the first selection: a method name, or a dict of field values
-                      b, # the second selection, the same way
-                      by:Sequence[str]=('sparsity',), # fields whose values make the cells (one family of tests)
-                      metric:str='accuracy', # the field compared
-                      pair_on:str='seed', # the field that pairs runs
-                      level:float=0.95, # confidence level of the t interval
-                      power:float=0.8, # power of the smallest detectable difference
-                      pooled:bool=True, # add the pooled cell (each seed's differences averaged over the cells; needs 2 cells or more)
-                     ):
-    "Per cell and pooled per seed: mean of `a - b`, t interval, t and sign-test p-values, Holm's adjustment over the cells, the smallest difference detectable with `power`, and whether the cell is decided."
+def per_seed_analysis(
+    records, # run records with `metric`, `pair_on` and the `by` fields
+    a, # the first selection: a method name, or a dict of field values
+    b, # the second selection, the same way
+    by:Sequence[str]=('sparsity',), # fields whose values make the cells (one family of tests)
+    metric:str='accuracy', # the field compared
+    pair_on:str='seed', # the field that pairs runs
+    level:float=0.95, # confidence level of the t interval
+    power:float=0.8, # power of the smallest detectable difference
+    pooled:bool=True, # add the pooled cell (each seed's differences averaged over the cells; needs 2 cells or more)
+):
+    ("Per cell and pooled per seed: mean of `a - b`, t interval, t and sign-test p-values, "
+     "Holm's adjustment over the cells, the smallest difference detectable with `power`, "
+     "and whether the cell is decided.")
     import pandas as pd
     from scipy import stats
     d = seed_differences(records, a, b, by, metric, pair_on, pooled)
@@ -609,7 +665,8 @@ def per_seed_analysis(records, # run records with `metric`, `pair_on` and the `b
     cells = [c for c in res.index if c != 'pooled']
     res['p_holm'] = float('nan')
     res.loc[cells, 'p_holm'] = holm(res.loc[cells, 'p_t'].fillna(1.).tolist())
-    alpha = 1 - level   # a cell is decided when its Holm-adjusted p is below alpha; the pooled cell, a question of its own, by its p
+    # a cell is decided when its Holm-adjusted p is below alpha; the pooled cell, a question of its own, by its p
+    alpha = 1 - level
     res['decided'] = [bool(r.p_holm < alpha) if c != 'pooled' else bool(r.p_t < alpha) for c, r in res.iterrows()]
     return res
 
@@ -627,29 +684,33 @@ def seed_table(res, # the result of `per_seed_analysis`
                scale:float=100, # multiplies the differences (100: accuracy fractions to points)
                digits:int=1, # decimals of the differences
               ):
-    "`per_seed_analysis` as a readable table: the difference with its interval, the seeds, how many favour `a`, the p-values, the detectable difference."
+    ("`per_seed_analysis` as a readable table: the difference with its interval, the seeds, how many favour `a`, "
+     "the p-values, the detectable difference.")
     import pandas as pd
     return pd.DataFrame({'a − b (95% interval)': [difference_text(res, c, scale, digits) for c in res.index],
-                         'seeds': res.n, 'a ahead': res.n_pos, 'p (t)': res.p_t.round(4), 'p (sign)': res.p_sign.round(4),
-                         'p (Holm)': res.p_holm.round(4), 'detectable': [f"{scale * v:.{digits}f}" if pd.notna(v) else '–' for v in res.mdd],
+                         'seeds': res.n, 'a ahead': res.n_pos, 'p (t)': res.p_t.round(4),
+                         'p (sign)': res.p_sign.round(4), 'p (Holm)': res.p_holm.round(4),
+                         'detectable': [f"{scale * v:.{digits}f}" if pd.notna(v) else '–' for v in res.mdd],
                          'decided': res.decided}, index=res.index)
 
 
 # %% ../nbs/05_analysis.ipynb #1d6a13c6
-def pruning_metrics(model_fn:Callable, # `model_fn(seed)` -> a new network at initialisation (not modified)
-                    batches:Iterable, # re-iterable (x, y) batches for pruning (a list or a DataLoader); each run starts them again
-                    sparsities:Sequence[float], # the sparsities, each in (0, 1)
-                    methods:Sequence[str]=('random', 'snip', 'grasp', 'iter_snip', 'force'), # keys of `METHODS`
-                    seeds:Sequence[int]=(0,), # one network per seed (also the seed of random pruning)
-                    eval_batches:Iterable|None=None, # batches both quantities are measured on (default: the first batch of `batches`)
-                    steps:int|None=None, # pruning steps $T$ of the iterative methods, batch groups of the -MB ones (`None`: each method's default; one-shot SNIP and GRASP always use one batch)
-                    dense:bool=True, # add one row per seed for the dense network (`method='dense'`, sparsity 0)
-                    loss_func:Callable=F.cross_entropy, # the loss of the saliencies and of both quantities (the paper's $L$, as in its figures; `prune_at_init`'s own default differs per method)
-                    bn_mode:str=_BN_DEFAULT, # BatchNorm mode while pruning and measuring (default: `prune_at_init`'s)
-                    masks:dict|None=None, # if a dict: filled with {(method, sparsity, seed): `Masks`}
-                    **kwargs, # passed to `prune_at_init` (mode, batches_per_step, layer_types, ...)
-                   ):
-    "FORCE objective $S(\\theta, c)$ and gradient norm $\\|c \\odot \\nabla L(\\theta \\odot c)\\|_2$ of every method at every sparsity and seed, as a `pandas.DataFrame` (one row per run; Fig. 6)."
+def pruning_metrics(
+    model_fn:Callable, # `model_fn(seed)` -> a new network at initialisation (not modified)
+    batches:Iterable, # re-iterable (x, y) batches for pruning (a list or a DataLoader); each run starts them again
+    sparsities:Sequence[float], # the sparsities, each in (0, 1)
+    methods:Sequence[str]=('random', 'snip', 'grasp', 'iter_snip', 'force'), # keys of `METHODS`
+    seeds:Sequence[int]=(0,), # one network per seed (also the seed of random pruning)
+    eval_batches:Iterable|None=None, # batches both quantities are measured on (default: the first batch of `batches`)
+    steps:int|None=None, # steps $T$ (iterative methods), batch groups (-MB); `None`: defaults; SNIP, GRASP: one batch
+    dense:bool=True, # add one row per seed for the dense network (`method='dense'`, sparsity 0)
+    loss_func:Callable=F.cross_entropy, # loss of saliencies and measures, the paper's $L$ (`prune_at_init`'s varies)
+    bn_mode:str=_BN_DEFAULT, # BatchNorm mode while pruning and measuring (default: `prune_at_init`'s)
+    masks:dict|None=None, # if a dict: filled with {(method, sparsity, seed): `Masks`}
+    **kwargs, # passed to `prune_at_init` (mode, batches_per_step, layer_types, ...)
+):
+    ("FORCE objective $S(\\theta, c)$ and gradient norm $\\|c \\odot \\nabla L(\\theta \\odot c)\\|_2$ "
+     "of every method at every sparsity and seed, as a `pandas.DataFrame` (one row per run; Fig. 6).")
     import pandas as pd
     eval_batches = [next(iter(batches))] if eval_batches is None else list(eval_batches)
     methods = list(methods)
@@ -658,15 +719,20 @@ def pruning_metrics(model_fn:Callable, # `model_fn(seed)` -> a new network at in
     for seed in seeds:
         model = model_fn(seed)
         if dense:
-            rows.append(dict(method='dense', sparsity=0., seed=seed, objective=force_objective(model, Masks.ones_like(model), eval_batches, loss_func, bn_mode),
-                             gradient_norm=gradient_norm(model, None, eval_batches, loss_func, bn_mode), dead_layers=0, seconds=0.))
+            rows.append(dict(method='dense', sparsity=0., seed=seed,
+                             objective=force_objective(model, Masks.ones_like(model), eval_batches, loss_func, bn_mode),
+                             gradient_norm=gradient_norm(model, None, eval_batches, loss_func, bn_mode),
+                             dead_layers=0, seconds=0.))
         for meth in methods:
             for s in sparsities:
                 t0 = time.perf_counter()
                 st = steps if get_method(meth).iterative or get_method(meth).default_steps > 1 else None
-                c = prune_at_init(model, repeat_batches(batches), s, meth, steps=st, loss_func=loss_func, bn_mode=bn_mode, seed=seed, **kwargs)
+                c = prune_at_init(model, repeat_batches(batches), s, meth, steps=st, loss_func=loss_func,
+                                  bn_mode=bn_mode, seed=seed, **kwargs)
                 dt = time.perf_counter() - t0
                 if masks is not None: masks[meth, float(s), seed] = c
-                rows.append(dict(method=meth, sparsity=float(s), seed=seed, objective=force_objective(model, c, eval_batches, loss_func, bn_mode),
-                                 gradient_norm=gradient_norm(model, c, eval_batches, loss_func, bn_mode), dead_layers=len(c.dead_layers), seconds=round(dt, 3)))
+                rows.append(dict(method=meth, sparsity=float(s), seed=seed,
+                                 objective=force_objective(model, c, eval_batches, loss_func, bn_mode),
+                                 gradient_norm=gradient_norm(model, c, eval_batches, loss_func, bn_mode),
+                                 dead_layers=len(c.dead_layers), seconds=round(dt, 3)))
     return pd.DataFrame(rows)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from fastcore.basics import ifnone
-with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, and torch warns that it is deprecated: not the user's concern
+# fastai's import calls `torch.jit.script`, and torch warns that it is deprecated: not the user's concern
+with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.* is deprecated', category=FutureWarning)
     from fastai.data.block import DataBlock, CategoryBlock
     from fastai.data.transforms import ItemGetter, Normalize, get_image_files, parent_label, GrandparentSplitter
@@ -31,7 +32,8 @@ def seeded_split(n:int, # number of items
                 ) -> tuple[list[int], list[int]]:
     "Sorted train and valid indices of a random split of `range(n)` that depends only on `n`, `valid_pct` and `seed`."
     if not 0 < valid_pct < 1:
-        raise ValueError(f"valid_pct={valid_pct!r} is not strictly between 0 and 1; pass the fraction of images to hold out for validation, e.g. valid_pct=0.2.")
+        raise ValueError(f"valid_pct={valid_pct!r} is not strictly between 0 and 1; "
+                         "pass the fraction of images to hold out for validation, e.g. valid_pct=0.2.")
     perm = np.random.default_rng(seed).permutation(n)
     n_valid = min(max(int(round(valid_pct * n)), 1), n - 1)
     return sorted(perm[n_valid:].tolist()), sorted(perm[:n_valid].tolist())
@@ -46,10 +48,13 @@ def pixel_stats(images:np.ndarray, # uint8 images, any shape
     return float(mean), float(np.sqrt((counts * (v - mean) ** 2).sum() / counts.sum()))
 
 def _check_channels(channels):
-    if channels not in (1, 3): raise ValueError(f"channels={channels!r}: pass channels=1 (grayscale) or channels=3 (the gray repeated, for ImageNet-style models such as resnet18).")
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels!r}: pass channels=1 (grayscale) or channels=3 "
+                         "(the gray repeated, for ImageNet-style models such as resnet18).")
 
 class _Items(list):
-    "A list of `(array, label)` items whose repr is one line: `DataBlock.datasets` formats its whole source into a (silent) message, which costs seconds for thousands of arrays."
+    ("A list of `(array, label)` items whose repr is one line: `DataBlock.datasets` formats its whole source "
+     "into a (silent) message, which costs seconds for thousands of arrays.")
     def __repr__(self): return f"{type(self).__name__}({len(self)} (image array, label) pairs)"
 
 def _array_dls(images, labels, vocab, splits, size, channels, bs, stats, num_workers=0, device=None, **kwargs):
@@ -57,7 +62,8 @@ def _array_dls(images, labels, vocab, splits, size, channels, bs, stats, num_wor
     _check_channels(channels)
     items = _Items((img, vocab[int(l)]) for img, l in zip(images, labels))
     mean, std = stats
-    dblock = DataBlock(blocks=(ImageBlock(cls=PILImage if channels == 3 else PILImageBW), CategoryBlock(vocab=list(vocab), sort=False)),
+    dblock = DataBlock(blocks=(ImageBlock(cls=PILImage if channels == 3 else PILImageBW),
+                               CategoryBlock(vocab=list(vocab), sort=False)),
                        get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=lambda _: splits,
                        item_tfms=Resize(size) if size != images.shape[-1] else None,
                        batch_tfms=Normalize.from_stats([mean] * channels, [std] * channels))
@@ -75,7 +81,8 @@ def digits_dls(valid_pct:float=0.2, # fraction of the 1,797 images held out for 
                device=None, # device of the batches; None for fastai's default device
                **kwargs, # passed to `DataBlock.dataloaders`
               ):
-    "scikit-learn's 8x8 digits as fastai `DataLoaders` of normalised `(bs, channels, size, size)` images and 10 classes."
+    ("scikit-learn's 8x8 digits as fastai `DataLoaders` of normalised `(bs, channels, size, size)` images "
+     "and 10 classes.")
     from sklearn.datasets import load_digits
     d = load_digits()
     images = np.clip(np.round(d.images * 255 / 16), 0, 255).astype(np.uint8)
@@ -94,16 +101,20 @@ def read_idx(fname:str|Path, # an IDX file, gzipped (`.gz`) or not
         with (gzip.open if fname.suffix == '.gz' else open)(fname, 'rb') as f: raw = f.read()
     except (EOFError, OSError) as e:
         if isinstance(e, FileNotFoundError): raise
-        raise ValueError(f"{fname}: cannot be read as {'gzip' if fname.suffix == '.gz' else 'a file'} ({e}); the file is truncated or corrupt.") from e
+        raise ValueError(f"{fname}: cannot be read as {'gzip' if fname.suffix == '.gz' else 'a file'} ({e}); "
+                         "the file is truncated or corrupt.") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{fname}: not an IDX file (magic number {raw[:4].hex() or 'missing'}, expected 0000 followed by a type code and a rank).")
+        raise ValueError(f"{fname}: not an IDX file (magic number {raw[:4].hex() or 'missing'}, "
+                         "expected 0000 followed by a type code and a rank).")
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
-    if len(raw) < header: raise ValueError(f"{fname}: truncated IDX header ({len(raw)} bytes, the header alone needs {header}).")
+    if len(raw) < header:
+        raise ValueError(f"{fname}: truncated IDX header ({len(raw)} bytes, the header alone needs {header}).")
     shape = tuple(int(s) for s in np.frombuffer(raw, '>u4', ndim, offset=4))
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"{fname}: {len(raw)} bytes, but its header (shape {shape}, {dtype.name}) needs {expected}; the file is truncated or corrupt.")
+        raise ValueError(f"{fname}: {len(raw)} bytes, but its header (shape {shape}, {dtype.name}) needs {expected}; "
+                         "the file is truncated or corrupt.")
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder('='))
 
 def write_idx(a:np.ndarray, # array of one of the IDX element types (uint8, int8, int16, int32, float32, float64)
@@ -112,18 +123,25 @@ def write_idx(a:np.ndarray, # array of one of the IDX element types (uint8, int8
     "Write `a` to `fname` in IDX format (the inverse of `read_idx`)."
     codes = {np.dtype(v).newbyteorder('='): k for k, v in _IDX_DTYPES.items()}
     a, fname = np.asarray(a), Path(fname)
-    if a.dtype not in codes: raise ValueError(f"dtype {a.dtype} has no IDX type code; convert to one of uint8, int8, int16, int32, float32, float64.")
+    if a.dtype not in codes:
+        raise ValueError(f"dtype {a.dtype} has no IDX type code; "
+                         "convert to one of uint8, int8, int16, int32, float32, float64.")
     header = bytes([0, 0, codes[a.dtype], a.ndim]) + np.array(a.shape, '>u4').tobytes()
-    with (gzip.open if fname.suffix == '.gz' else open)(fname, 'wb') as f: f.write(header + a.astype(a.dtype.newbyteorder('>')).tobytes())
+    with (gzip.open if fname.suffix == '.gz' else open)(fname, 'wb') as f:
+        f.write(header + a.astype(a.dtype.newbyteorder('>')).tobytes())
     return fname
 
 # %% ../nbs/06_data.ipynb #be6e86e4
-FASHION_MNIST_PATH = Path('/usr/share/datasets/fashion-mnist')  # where Debian's `dataset-fashion-mnist` puts the IDX files
-FASHION_MNIST_APT = ('' if getattr(os, 'geteuid', lambda: 0)() == 0 else 'sudo ') + 'apt-get install dataset-fashion-mnist'  # the command that installs them: sudo only for a user who is not root
+# where Debian's `dataset-fashion-mnist` puts the IDX files
+FASHION_MNIST_PATH = Path('/usr/share/datasets/fashion-mnist')
+# the command that installs them: sudo only for a user who is not root
+FASHION_MNIST_APT = (('' if getattr(os, 'geteuid', lambda: 0)() == 0 else 'sudo ')
+                     + 'apt-get install dataset-fashion-mnist')
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                    'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']  # Fashion-MNIST class names, in label order
+# the four files of MNIST-style data
 IDX_FILES = {'train_images': 'train-images-idx3-ubyte', 'train_labels': 'train-labels-idx1-ubyte',
-             'test_images': 't10k-images-idx3-ubyte', 'test_labels': 't10k-labels-idx1-ubyte'}  # the four files of MNIST-style data
+             'test_images': 't10k-images-idx3-ubyte', 'test_labels': 't10k-labels-idx1-ubyte'}
 
 def _find_idx(path, stem):
     "The file of `path` holding `stem`, gzipped or not, with '-idx' or '.idx' (as some unzippers write it)."
@@ -131,7 +149,8 @@ def _find_idx(path, stem):
         for name in (s + '.gz', s):
             if (path/name).is_file(): return path/name
     raise FileNotFoundError(f"{path/(stem + '.gz')} (or {stem}) not found; for Fashion-MNIST run `{FASHION_MNIST_APT}` "
-                            f"(it installs the files in {FASHION_MNIST_PATH}), or pass path= to a folder holding the four MNIST-style IDX files.")
+                            f"(it installs the files in {FASHION_MNIST_PATH}), "
+                            "or pass path= to a folder holding the four MNIST-style IDX files.")
 
 @functools.lru_cache(maxsize=8)
 def _read_idx_cached(fname, mtime_ns, nbytes):
@@ -145,19 +164,23 @@ def load_idx(path:str|Path=FASHION_MNIST_PATH, # folder holding the four IDX fil
     "The (read-only) arrays `train_images`, `train_labels`, `test_images`, `test_labels` from the IDX files in `path`."
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"No data folder {path} (looking for {IDX_FILES['train_images']}.gz and the three other IDX files); "
-                                f"for Fashion-MNIST run `{FASHION_MNIST_APT}`, or pass path= to a folder holding MNIST-style IDX files.")
+        raise FileNotFoundError(f"No data folder {path} (looking for {IDX_FILES['train_images']}.gz "
+                                "and the three other IDX files); "
+                                f"for Fashion-MNIST run `{FASHION_MNIST_APT}`, "
+                                "or pass path= to a folder holding MNIST-style IDX files.")
     out = {}
     for key, stem in IDX_FILES.items():
         fname = _find_idx(path, stem)
         st = fname.stat()
         try: out[key] = _read_idx_cached(fname.resolve(), st.st_mtime_ns, st.st_size)
-        except ValueError as e: raise ValueError(f"{e} Get a fresh copy (for Fashion-MNIST: `{FASHION_MNIST_APT} --reinstall`).") from e
+        except ValueError as e:
+            raise ValueError(f"{e} Get a fresh copy (for Fashion-MNIST: `{FASHION_MNIST_APT} --reinstall`).") from e
     for split in ('train', 'test'):
         imgs, lbls = out[f'{split}_images'], out[f'{split}_labels']
         if imgs.ndim != 3 or imgs.dtype != np.uint8 or lbls.ndim != 1 or len(imgs) != len(lbls):
             raise ValueError(f"{path}: {split} images {imgs.shape} {imgs.dtype} and labels {lbls.shape} do not match "
-                             f"(expected uint8 images (N, H, W) and N labels); check the files or `{FASHION_MNIST_APT} --reinstall`.")
+                             "(expected uint8 images (N, H, W) and N labels); "
+                             f"check the files or `{FASHION_MNIST_APT} --reinstall`.")
     return out
 
 # %% ../nbs/06_data.ipynb #8e3118c8
@@ -167,20 +190,22 @@ def _subset(idxs, n, rng):
     if n < 1: raise ValueError(f"subset size {n} must be at least 1 (or None for all images).")
     return sorted(np.asarray(idxs)[rng.choice(len(idxs), n, replace=False)].tolist())
 
-def idx_dls(path:str|Path=FASHION_MNIST_PATH, # folder holding the four IDX files (default: Debian's Fashion-MNIST)
-            size:int=28, # side of the square images in a batch (28 keeps the originals; other sizes resize)
-            bs:int=128, # batch size
-            channels:int=1, # 1 (grayscale) or 3 (gray repeated, for resnet18 & co)
-            valid:str|float='test', # 'test' validates on the test files; a float holds out that fraction of the training images
-            seed:int=42, # seed of the subsets and of the split when `valid` is a float
-            n_train:int|None=None, # use a random subset of this many training images (None: all)
-            n_valid:int|None=None, # use a random subset of this many validation images (None: all)
-            vocab:list|None=None, # class names in label order (default: Fashion-MNIST's if "fashion" is in the path, else the digits)
-            num_workers:int=0, # DataLoader worker processes
-            device=None, # device of the batches; None for fastai's default device
-            **kwargs, # passed to `DataBlock.dataloaders`
-           ):
-    "MNIST-style IDX files (Fashion-MNIST by default) as fastai `DataLoaders` of normalised `(bs, channels, size, size)` images."
+def idx_dls(
+    path:str|Path=FASHION_MNIST_PATH, # folder holding the four IDX files (default: Debian's Fashion-MNIST)
+    size:int=28, # side of the square images in a batch (28 keeps the originals; other sizes resize)
+    bs:int=128, # batch size
+    channels:int=1, # 1 (grayscale) or 3 (gray repeated, for resnet18 & co)
+    valid:str|float='test', # 'test' validates on the test files; a float holds out that fraction of the training images
+    seed:int=42, # seed of the subsets and of the split when `valid` is a float
+    n_train:int|None=None, # use a random subset of this many training images (None: all)
+    n_valid:int|None=None, # use a random subset of this many validation images (None: all)
+    vocab:list|None=None, # class names in label order (default: Fashion-MNIST's if the path has "fashion", else digits)
+    num_workers:int=0, # DataLoader worker processes
+    device=None, # device of the batches; None for fastai's default device
+    **kwargs, # passed to `DataBlock.dataloaders`
+):
+    ("MNIST-style IDX files (Fashion-MNIST by default) as fastai `DataLoaders` of normalised "
+     "`(bs, channels, size, size)` images.")
     path = Path(path)
     vocab = ifnone(vocab, FASHION_CLASSES if 'fashion' in str(path).lower() else DIGIT_CLASSES)
     d = load_idx(path)
@@ -191,10 +216,14 @@ def idx_dls(path:str|Path=FASHION_MNIST_PATH, # folder holding the four IDX file
     elif isinstance(valid, float):
         (ti, tl), (vi, vl) = (d['train_images'], d['train_labels']), (d['train_images'], d['train_labels'])
         trn, val = seeded_split(len(ti), valid, seed)
-    else: raise ValueError(f"valid={valid!r}: pass valid='test' (validate on the test files) or a fraction such as valid=0.1.")
+    else:
+        raise ValueError(f"valid={valid!r}: pass valid='test' (validate on the test files) "
+                         "or a fraction such as valid=0.1.")
     trn, val = _subset(trn, n_train, rng), _subset(val, n_valid, rng)
     images, labels = np.concatenate([ti[trn], vi[val]]), np.concatenate([tl[trn], vl[val]])
-    if labels.max() >= len(vocab): raise ValueError(f"labels go up to {labels.max()} but vocab has {len(vocab)} names; pass vocab= with one name per class.")
+    if labels.max() >= len(vocab):
+        raise ValueError(f"labels go up to {labels.max()} but vocab has {len(vocab)} names; "
+                         "pass vocab= with one name per class.")
     splits = (list(range(len(trn))), list(range(len(trn), len(images))))
     return _array_dls(images, labels, vocab, splits, size, channels, bs,
                       pixel_stats(images[:len(trn)]), num_workers, device, **kwargs)
@@ -203,7 +232,9 @@ def idx_dls(path:str|Path=FASHION_MNIST_PATH, # folder holding the four IDX file
 def _split_files(path, split, n, rng):
     "The image files of `path/split`, or a seeded random subset of `n` of them."
     files = get_image_files(path/split)
-    if not len(files): raise FileNotFoundError(f"No image files under {path/split}; expected {path}/{split}/<class>/*.png as made by `untar_data(URLs.CIFAR)`.")
+    if not len(files):
+        raise FileNotFoundError(f"No image files under {path/split}; "
+                                f"expected {path}/{split}/<class>/*.png as made by `untar_data(URLs.CIFAR)`.")
     return [files[i] for i in _subset(range(len(files)), n, rng)]
 
 def cifar_dls(path:str|Path, # folder with `train/<class>/*.png` and `test/<class>/*.png`, e.g. `untar_data(URLs.CIFAR)`
@@ -216,11 +247,13 @@ def cifar_dls(path:str|Path, # folder with `train/<class>/*.png` and `test/<clas
               device=None, # device of the batches; None for fastai's default device
               **kwargs, # passed to `DataBlock.dataloaders`
              ):
-    "An extracted CIFAR-10 folder (fastai's layout) as `DataLoaders`, validating on its test split; class names from the folder names."
+    ("An extracted CIFAR-10 folder (fastai's layout) as `DataLoaders`, validating on its test split; "
+     "class names from the folder names.")
     from fastai.vision.data import cifar_stats
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"No CIFAR folder {path}; CIFAR-10 is online only: `from fastai.vision.all import untar_data, URLs; path = untar_data(URLs.CIFAR)`.")
+        raise FileNotFoundError(f"No CIFAR folder {path}; CIFAR-10 is online only: "
+                                "`from fastai.vision.all import untar_data, URLs; path = untar_data(URLs.CIFAR)`.")
     rng = np.random.default_rng(seed)
     files = _split_files(path, 'train', n_train, rng) + _split_files(path, 'test', n_valid, rng)
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=parent_label,
@@ -232,15 +265,20 @@ def cifar_dls(path:str|Path, # folder with `train/<class>/*.png` and `test/<clas
 def available_datasets(fashion_path:str|Path=FASHION_MNIST_PATH, # where to look for Fashion-MNIST's IDX files
                       ) -> dict[str, dict]:
     "The data sets this machine has offline (digits always), with where they are, how to load them, or how to get them."
-    out = {'digits': dict(available=True, where='bundled with scikit-learn', images='1797 grayscale 8x8, 10 classes', load='digits_dls()')}
+    out = {'digits': dict(available=True, where='bundled with scikit-learn', images='1797 grayscale 8x8, 10 classes',
+                          load='digits_dls()')}
     fm = Path(fashion_path)
     have_fm = fm.is_dir() and all(any((fm/(s + ext)).is_file() for ext in ('.gz', '')) for s in IDX_FILES.values())
-    out['fashion-mnist'] = dict(available=have_fm, where=str(fm), images='60000 train + 10000 test grayscale 28x28, 10 classes',
-                                **({'load': 'idx_dls()' if fm == FASHION_MNIST_PATH else f'idx_dls({str(fm)!r})'} if have_fm else {'install': FASHION_MNIST_APT}))
+    out['fashion-mnist'] = dict(available=have_fm, where=str(fm),
+                                images='60000 train + 10000 test grayscale 28x28, 10 classes',
+                                **({'load': 'idx_dls()' if fm == FASHION_MNIST_PATH else f'idx_dls({str(fm)!r})'}
+                                   if have_fm else {'install': FASHION_MNIST_APT}))
     cifar = Path(os.getenv('FASTAI_HOME', '~/.fastai')).expanduser()/'data'/'cifar10'
     home = Path.home()
-    shown = '~/' + cifar.relative_to(home).as_posix() if cifar.is_relative_to(home) else str(cifar)   # printed without the user's home folder
+    # printed without the user's home folder
+    shown = '~/' + cifar.relative_to(home).as_posix() if cifar.is_relative_to(home) else str(cifar)
     have_c = (cifar/'train').is_dir() and (cifar/'test').is_dir()
     out['cifar10'] = dict(available=have_c, where=shown, images='50000 train + 10000 test colour 32x32, 10 classes',
-                          **({'load': f'cifar_dls({str(cifar)!r})'} if have_c else {'install': 'online only: untar_data(URLs.CIFAR)'}))
+                          **({'load': f'cifar_dls({str(cifar)!r})'} if have_c
+                             else {'install': 'online only: untar_data(URLs.CIFAR)'}))
     return out

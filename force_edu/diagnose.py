@@ -92,17 +92,20 @@ def collapse_report(masks:Masks, # a mask with the facts `prune_at_init` records
 _LIBRARIES = ('force_edu', 'fastai', 'fastcore', 'torch')   # frames of these packages are not the caller's code
 
 def _caller_stacklevel() -> int:
-    "`warnings.warn`'s stacklevel of the first frame outside this package and the libraries it runs in: the user's line."
+    ("`warnings.warn`'s stacklevel of the first frame outside this package and the libraries it runs in: "
+     "the user's line.")
     import sys
     roots = [Path(m.__file__).parent for m in (sys.modules.get(n) for n in _LIBRARIES) if getattr(m, '__file__', None)]
     f, level = sys._getframe(1), 1
-    while f is not None and any(Path(f.f_code.co_filename).is_relative_to(r) for r in roots): f, level = f.f_back, level + 1
+    while f is not None and any(Path(f.f_code.co_filename).is_relative_to(r) for r in roots):
+        f, level = f.f_back, level + 1
     return level if f is not None else 2   # as `warn_collapse` passes it to `warnings.warn`
 
-def warn_collapse(masks:Masks, # a mask with the facts `prune_at_init` records
-                  method:str='', # the method's name, for the message
-                  stacklevel:int|None=None, # `warnings.warn`'s; `None`: the first line outside force_edu, fastai and torch (the user's `fit` or `prune_at_init` call)
-                 ) -> str|None:
+def warn_collapse(
+    masks:Masks, # a mask with the facts `prune_at_init` records
+    method:str='', # the method's name, for the message
+    stacklevel:int|None=None, # `warnings.warn`'s; `None`: the user's line (first outside force_edu, fastai and torch)
+) -> str|None:
     "Issue `collapse_report` as one `PruningWarning` (if there is anything to report); return it."
     msg = collapse_report(masks, method)
     if msg: warnings.warn(msg, PruningWarning, stacklevel=_caller_stacklevel() if stacklevel is None else stacklevel)

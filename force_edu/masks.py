@@ -28,10 +28,13 @@ __all__ = ['PRUNABLE_TYPES', 'WEIGHT_GROUPS', 'document_parameters', 'weight_key
 # %% ../nbs/00_masks.ipynb #doc-params
 def document_parameters(f, # a function or class whose parameters carry docments
                        ):
-    "Append a 'Parameters' section built from `f`'s docments (the comment after each parameter) to its docstring, so `help(f)` lists every parameter with its meaning and default; `show_doc` leaves the section out, its table says the same."
+    ("Append a 'Parameters' section built from `f`'s docments (the comment after each parameter) to its docstring, "
+     "so `help(f)` lists every parameter with its meaning and default; "
+     "`show_doc` leaves the section out, its table says the same.")
     from fastcore.docments import docments, _type_str
     try: d = docments(f.__init__ if isinstance(f, type) else f, full=True)
-    except (OSError, TypeError): return f   # no source to read (e.g. defined in a console): the docstring stays as it is
+    except (OSError, TypeError):
+        return f   # no source to read (e.g. defined in a console): the docstring stays as it is
     rows = []
     for n, v in d.items():
         if n in ('return', 'self') or v['anno'] is inspect.Parameter.empty and v['docment'] is None: continue
@@ -49,7 +52,8 @@ WEIGHT_GROUPS = {'attention': (nn.MultiheadAttention,), # `in_proj_weight` (or q
 
 def _selected(layer_types) -> tuple:
     "`layer_types` as a tuple of module classes: each entry a class, or a name of `WEIGHT_GROUPS`."
-    items = [layer_types] if isinstance(layer_types, (str, type)) or not hasattr(layer_types, '__iter__') else list(layer_types)
+    items = ([layer_types] if isinstance(layer_types, (str, type)) or not hasattr(layer_types, '__iter__')
+             else list(layer_types))
     out = []
     for t in items:
         if isinstance(t, str) and t in WEIGHT_GROUPS: out += WEIGHT_GROUPS[t]
@@ -60,10 +64,12 @@ def _selected(layer_types) -> tuple:
 
 def _weight_attrs(mod:nn.Module, types:tuple) -> list[str]:
     "The attributes of `mod` that `types` make prunable: its recurrent or attention weights, or its `weight`."
-    if isinstance(mod, nn.RNNBase): return [a for a in mod._flat_weights_names if a.startswith('weight_')] if isinstance(mod, types) else []
+    if isinstance(mod, nn.RNNBase):
+        return [a for a in mod._flat_weights_names if a.startswith('weight_')] if isinstance(mod, types) else []
     if isinstance(mod, nn.MultiheadAttention):
         if not isinstance(mod, types): return []
-        return ['in_proj_weight'] if mod.in_proj_weight is not None else ['q_proj_weight', 'k_proj_weight', 'v_proj_weight']
+        return (['in_proj_weight'] if mod.in_proj_weight is not None
+                else ['q_proj_weight', 'k_proj_weight', 'v_proj_weight'])
     return ['weight'] if isinstance(mod, types) and isinstance(getattr(mod, 'weight', None), Tensor) else []
 
 
@@ -80,13 +86,16 @@ def holders(model:nn.Module, # any network
     out = {}
     for n, mod in model.named_modules(remove_duplicate=False):
         for a, p in _params_of(mod).items():   # `mod._parameters`, by the names the model uses (see Masks: engineering)
-            if p is not None and (n, a) not in [(h[0], h[2]) for h in out.get(id(p), [])]: out.setdefault(id(p), []).append((n, mod, a))
+            if p is not None and (n, a) not in [(h[0], h[2]) for h in out.get(id(p), [])]:
+                out.setdefault(id(p), []).append((n, mod, a))
     return out
 
-def prunable_weights(model:nn.Module, # the network whose weights may be pruned
-                     layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
-                    ) -> dict[str, list[tuple[str, nn.Module, str]]]:
-    "The prunable weights of `model`, each once (a tied or shared one too): key -> every `(module name, module, attribute)` holding it."
+def prunable_weights(
+    model:nn.Module, # the network whose weights may be pruned
+    layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
+) -> dict[str, list[tuple[str, nn.Module, str]]]:
+    ("The prunable weights of `model`, each once (a tied or shared one too): "
+     "key -> every `(module name, module, attribute)` holding it.")
     types, out, seen = _selected(layer_types), {}, set()
     owners = holders(model)
     attention_out = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -110,16 +119,20 @@ def _none_prunable(model, types) -> str:
     groups = {g for g, ts in WEIGHT_GROUPS.items() for m in model.modules() if isinstance(m, ts)}
     kinds = sorted({type(m).__name__ for m in model.modules() if _weight_attrs(m, (nn.Module,))} - {'Module'})
     sel = ', '.join(t.__name__ for t in types) or 'none'
-    if groups: fix = f"pass `layer_types=PRUNABLE_TYPES + {tuple(sorted(groups))}` to prune its {' and '.join(sorted(groups))} weights"
+    if groups:
+        fix = (f"pass `layer_types=PRUNABLE_TYPES + {tuple(sorted(groups))}` "
+               f"to prune its {' and '.join(sorted(groups))} weights")
     elif kinds: fix = f"pass `layer_types=` with the classes to prune, e.g. `layer_types=({kinds[0]},)`"
     else: fix = "it has no weight to prune"
     return (f"{type(model).__name__} has no prunable layer of the selected kinds ({sel}); its weights are in "
             f"{', '.join(kinds) or 'no module'}: {fix}")
 
-def prunable_layers(model:nn.Module, # the network whose weights may be pruned
-                    layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
-                   ) -> dict[str, nn.Module]:
-    "The first module holding each prunable weight, keyed as in `Masks`; with the default `layer_types`, the layers whose `weight` is pruned."
+def prunable_layers(
+    model:nn.Module, # the network whose weights may be pruned
+    layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
+) -> dict[str, nn.Module]:
+    ("The first module holding each prunable weight, keyed as in `Masks`; "
+     "with the default `layer_types`, the layers whose `weight` is pruned.")
     return {k: hs[0][1] for k, hs in prunable_weights(model, layer_types).items()}
 
 def weight_of(holder:list, # a value of `prunable_weights`: the (module name, module, attribute) holding one weight
@@ -138,7 +151,8 @@ def n_parameters(model:nn.Module, # any network
 def check_sparsity(sparsity:float, # fraction of prunable weights to remove, in [0, 1)
                   ) -> float:
     "Return `sparsity` as a float if it lies in [0, 1); raise a `ValueError` that says what to pass otherwise."
-    if isinstance(sparsity, Tensor) and sparsity.numel() == 1 and sparsity.is_floating_point(): sparsity = sparsity.item()
+    if isinstance(sparsity, Tensor) and sparsity.numel() == 1 and sparsity.is_floating_point():
+        sparsity = sparsity.item()
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be a number in [0, 1) (the fraction of prunable weights removed, "
                          f"e.g. 0.99 keeps 1%), got {sparsity!r}")
@@ -150,17 +164,19 @@ def n_kept(m:int, # number of prunable weights
     "The number of weights kept, $k = \\mathrm{round}((1-s)\\,m)$; raises if that is 0."
     sparsity = check_sparsity(sparsity)
     k = int(round((1 - sparsity) * m))
-    if k < 1: raise ValueError(f"sparsity {sparsity} keeps round({1-sparsity:.3g} x {m}) = 0 of the {m} prunable weights; "
-                               f"use a lower sparsity (at most {1 - 0.5/m:.6f} for this model)")
+    if k < 1:
+        raise ValueError(f"sparsity {sparsity} keeps round({1-sparsity:.3g} x {m}) = 0 of the {m} prunable weights; "
+                         f"use a lower sparsity (at most {1 - 0.5/m:.6f} for this model)")
     return k
 
 # %% ../nbs/00_masks.ipynb #dc465e3a
-def topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor (any shape), or one per layer, read as their concatenation
-              k:int, # number of weights to keep
-              allowed:Tensor|list[Tensor]|None=None, # boolean mask(s) shaped like `scores`: only these may be kept, as if every other score were -inf
-              out:Tensor|None=None, # a flat boolean tensor of m entries to write the mask into, e.g. reused across steps (`None`: a new one)
-              scale:Tensor|list[Tensor]|None=None, # tensors like `scores`: rank |scores * scale| instead (FORCE's |theta * grad|)
-             ) -> Tensor:
+def topk_mask(
+    scores:Tensor|list[Tensor], # saliency of every weight: one tensor (any shape) or one per layer, read concatenated
+    k:int, # number of weights to keep
+    allowed:Tensor|list[Tensor]|None=None, # boolean mask(s) like `scores`: only these may be kept (the rest as if -inf)
+    out:Tensor|None=None, # flat boolean tensor of m entries for the mask, e.g. reused across steps (`None`: a new one)
+    scale:Tensor|list[Tensor]|None=None, # tensors like `scores`: rank |scores * scale| instead (FORCE's |theta * grad|)
+) -> Tensor:
     "Flat boolean mask of the `k` largest `scores`; ties are broken towards the lowest index, so exactly `k` are kept."
     parts = [scores] if isinstance(scores, Tensor) else list(scores)
     if not parts: raise ValueError("no scores were given: pass a tensor or a list of tensors (one per layer)")
@@ -170,20 +186,25 @@ def topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor
     if allowed is not None:
         a = [allowed] if isinstance(allowed, Tensor) else list(allowed)
         if sum(t.numel() for t in a) != m or any(t.dtype != torch.bool for t in a):
-            raise ValueError(f"`allowed` must be boolean, with one entry per score ({m}); got {sum(t.numel() for t in a)} "
-                             f"entries of dtype {a[0].dtype}")
+            raise ValueError(f"`allowed` must be boolean, with one entry per score ({m}); "
+                             f"got {sum(t.numel() for t in a)} entries of dtype {a[0].dtype}")
         allowed = torch.cat([t.reshape(-1) for t in a]).to(dev)
     if scale is not None:
         sc = [scale] if isinstance(scale, Tensor) else list(scale)
-        if [t.numel() for t in sc] != [p.numel() for p in parts]: raise ValueError("`scale` must have the shapes of `scores`")
+        if [t.numel() for t in sc] != [p.numel() for p in parts]:
+            raise ValueError("`scale` must have the shapes of `scores`")
         s = (s * torch.cat([t.detach().reshape(-1) for t in sc])).abs()
-    if out is not None and (out.dtype != torch.bool or out.numel() != m or out.device != dev or not out.is_contiguous()):
+    if out is not None and (out.dtype != torch.bool or out.numel() != m or out.device != dev
+                            or not out.is_contiguous()):
         raise ValueError(f"`out` must be a contiguous boolean tensor of {m} entries on {dev}")
     keep = torch.zeros(m, dtype=torch.bool, device=dev)
     if k == m: keep[:] = True
     elif k > 0:
         s = s.double()   # exact for float32, half, bool and integers < 2**53
-        if torch.isnan(s).any(): raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: BatchNorm in train mode over one value per channel (use a larger batch or `bn_mode='eval'`), or a second derivative through zero padding (use larger inputs)")
+        if torch.isnan(s).any():
+            raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: "
+                             "BatchNorm in train mode over one value per channel (use a larger batch or "
+                             "`bn_mode='eval'`), or a second derivative through zero padding (use larger inputs)")
         if allowed is not None: s = s.masked_fill(~allowed, -math.inf)
         keep[torch.sort(s, descending=True, stable=True).indices[:k]] = True   # equal scores stay in index order
     return keep if out is None else out.view(-1).copy_(keep)
@@ -200,17 +221,19 @@ def _as_mask(name:str, c) -> Tensor:
         if n_bad:
             v = t[bad].reshape(-1)[0].item()
             v = f"{v:.6g}" if isinstance(v, float) else repr(v)
-            raise ValueError(f"the mask of layer {name!r} holds values other than 0 and 1 ({n_bad} of {t.numel()}, e.g. {v}); "
-                             f"pass a boolean tensor (True: the weight is kept) or 0/1 values, e.g. `scores > threshold`, "
+            raise ValueError(f"the mask of layer {name!r} holds values other than 0 and 1 ({n_bad} of {t.numel()}, "
+                             f"e.g. {v}); pass a boolean tensor (True: the weight is kept) or 0/1 values, "
+                             f"e.g. `scores > threshold`, "
                              f"or keep the top k of saliency scores with `masks_from_scores(scores, k)`")
     return t.to('cpu', torch.bool)
 
 # %% ../nbs/00_masks.ipynb #a983675c
 class Masks(Mapping):
     "One boolean mask per prunable layer (the paper's $c$, split by layer), keyed by the layer's qualified name."
-    def __init__(self,
-                 masks:Mapping[str, Tensor], # weight name (see `weight_key`) -> boolean (or 0/1) tensor shaped like that weight
-                ):
+    def __init__(
+        self,
+        masks:Mapping[str, Tensor], # weight name (`weight_key`) -> boolean (or 0/1) tensor shaped like that weight
+    ):
         if not masks: raise ValueError("Masks needs at least one layer")
         self.masks = {str(n): _as_mask(str(n), c) for n, c in masks.items()}
         # facts `prune_at_init` records (`None`: not known): the model's number of parameters, whether its output still
@@ -284,11 +307,13 @@ def from_flat(cls:Masks, flat:Tensor, # a boolean (or 0/1) vector of one entry p
     return cls({n: p.view(s) for (n, s), p in zip(shapes.items(), parts)})
 
 @patch(cls_method=True)
-def ones_like(cls:Masks, model:nn.Module, # the network to prune
-              layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
-             ) -> Masks:
+def ones_like(
+    cls:Masks, model:nn.Module, # the network to prune
+    layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
+) -> Masks:
     "The dense mask $c = 1$ for `model`."
-    c = cls({k: torch.ones_like(weight_of(h), dtype=torch.bool) for k, h in prunable_weights(model, layer_types).items()})
+    c = cls({k: torch.ones_like(weight_of(h), dtype=torch.bool)
+             for k, h in prunable_weights(model, layer_types).items()})
     c.model_params = n_parameters(model)
     return c
 
@@ -338,7 +363,8 @@ def masks_from_scores(scores:Mapping[str, Tensor], # layer name -> saliency, sha
                       k:int, # number of weights to keep over all layers together
                      ) -> Masks:
     "The `Masks` that keep the `k` globally highest `scores` (deterministic ties, exactly `k` kept)."
-    return Masks.from_flat(topk_mask(list(scores.values()), k), {n: s.shape for n, s in scores.items()})   # no concatenated copy
+    # no concatenated copy
+    return Masks.from_flat(topk_mask(list(scores.values()), k), {n: s.shape for n, s in scores.items()})
 
 # %% ../nbs/00_masks.ipynb #f85c3558
 _FORMAT = 'force_edu.Masks'
@@ -369,15 +395,18 @@ def _keep_name(attr:str) -> str: return _KEEP if attr == 'weight' else f"{attr}_
 
 def _masked_attrs(mod:nn.Module) -> list[str]:
     "The parameters of `mod` that carry a mask: a boolean `<attr>_keep` buffer beside parameter `attr`."
-    return [b[:-5] for b, t in mod._buffers.items() if b.endswith('_keep') and isinstance(t, Tensor) and b[:-5] in mod._parameters]
+    return [b[:-5] for b, t in mod._buffers.items()
+            if b.endswith('_keep') and isinstance(t, Tensor) and b[:-5] in mod._parameters]
 
 def _pruned_attrs(mod:nn.Module) -> list[str]:
-    "The parameters of `mod` that carry a mask: `Masks.apply`'s, or one of `torch.nn.utils.prune` (an earlier version of this package)."
+    ("The parameters of `mod` that carry a mask: `Masks.apply`'s, "
+     "or one of `torch.nn.utils.prune` (an earlier version of this package).")
     return _masked_attrs(mod) + _legacy_attrs(mod)
 
 def is_pruned(module:nn.Module, # any module, e.g. a value of `prunable_layers(model)`
              ) -> bool:
-    "Whether `module` carries a mask: a `weight_keep` (or `<attr>_keep`) buffer of `Masks.apply`, or `torch.nn.utils.prune`'s `weight_mask`."
+    ("Whether `module` carries a mask: a `weight_keep` (or `<attr>_keep`) buffer of `Masks.apply`, "
+     "or `torch.nn.utils.prune`'s `weight_mask`.")
     return bool(_pruned_attrs(module))
 
 def _masked_modules(model:nn.Module):
@@ -385,12 +414,14 @@ def _masked_modules(model:nn.Module):
 
 # %% ../nbs/00_masks.ipynb #zero-pruned
 def _zero_pruned_(t:Tensor|None, mod:nn.Module, attr:str='weight'):
-    "Set the entries of `t` (`mod`'s parameter `attr` or its gradient) that its mask prunes to exactly 0, in place, NaN and inf included."
+    ("Set the entries of `t` (`mod`'s parameter `attr` or its gradient) that its mask prunes to exactly 0, "
+     "in place, NaN and inf included.")
     if t is not None: _zero_unkept_(t, mod._buffers[_keep_name(attr)], mod, attr)   # `t.masked_fill_(~keep, 0)`
 
 def zero_pruned_grads(model:nn.Module, # a model pruned by `Masks.apply`
                      ) -> nn.Module:
-    "Set the gradient of every pruned weight of `model` to exactly 0, in place (weights without a gradient are skipped)."
+    ("Set the gradient of every pruned weight of `model` to exactly 0, "
+     "in place (weights without a gradient are skipped).")
     for m in _masked_modules(model):
         for a in _masked_attrs(m): _zero_pruned_(getattr(m, a).grad, m, a)
     return model
@@ -414,17 +445,20 @@ class _GradMask:
         return g if keep is None else g.masked_fill(~keep.to(g.device), 0)
 
 def _hook_grad(mod:nn.Module, attr:str):
-    "Give parameter `attr` of `mod` its gradient mask, once (a frozen parameter gets it when it next requires a gradient)."
+    ("Give parameter `attr` of `mod` its gradient mask, once "
+     "(a frozen parameter gets it when it next requires a gradient).")
     p = mod._parameters[attr]
     if p.requires_grad and p not in _GRAD_HOOKS: _GRAD_HOOKS[p] = p.register_hook(_GradMask(mod, attr))
 
 def _mask_grads(mod:nn.Module, args):
-    "Forward pre-hook of a pruned module: its pruned parameters carry the gradient mask, again after `deepcopy` or unpickling."
+    ("Forward pre-hook of a pruned module: "
+     "its pruned parameters carry the gradient mask, again after `deepcopy` or unpickling.")
     if torch.compiler.is_compiling(): return   # the hooks were registered eagerly, by `Masks.apply`
     for a in _masked_attrs(mod): _hook_grad(mod, a)
 
 def _zero_after_load(module, incompatible_keys):
-    "`load_state_dict` post-hook of a pruned layer: weights loaded from a dense checkpoint are pruned by the layer's mask."
+    ("`load_state_dict` post-hook of a pruned layer: "
+     "weights loaded from a dense checkpoint are pruned by the layer's mask.")
     for a in _masked_attrs(module): _zero_pruned_(getattr(module, a), module, a)
 
 def _add_hook(hooks:dict, hook, register):
@@ -436,14 +470,16 @@ def _drop_hook(hooks:dict, hook):
 
 # %% ../nbs/00_masks.ipynb #fit-masks
 def _holders_of(masks:Masks, model:nn.Module) -> dict[str, list]:
-    "For each weight of `masks`, its holders in `model` (see `holders`); a `ValueError` naming each one that does not fit."
+    ("For each weight of `masks`, its holders in `model` (see `holders`); "
+     "a `ValueError` naming each one that does not fit.")
     modules, owners, out, problems = dict(model.named_modules()), holders(model), {}, []
     for k, c in masks.items():
         n, a = (k, 'weight') if k in modules and 'weight' in _params_of(modules[k]) else k.rpartition('.')[::2]
         mod = modules.get(n)
         p = None if mod is None else _params_of(mod).get(a)
         if p is None: problems.append(f"no layer named {k!r}")
-        elif tuple(p.shape) != tuple(c.shape): problems.append(f"layer {k!r}: mask {_fmt_shape(c.shape)} vs weight {_fmt_shape(p.shape)}")
+        elif tuple(p.shape) != tuple(c.shape):
+            problems.append(f"layer {k!r}: mask {_fmt_shape(c.shape)} vs weight {_fmt_shape(p.shape)}")
         else: out[k] = owners[id(p)]
     if problems:
         raise ValueError(f"these masks do not fit {type(model).__name__} ({'; '.join(problems[:5])}"
@@ -466,12 +502,15 @@ def _current_mask(mod:nn.Module, attr:str='weight') -> Tensor:
 @document_parameters
 def apply(self:Masks, model:nn.Module, # the model to prune in place
          ) -> nn.Module:
-    "Prune `model` in place: pruned weights become exactly 0 in the same plain `Parameter`s and their gradients are masked, so any optimizer keeps them 0; each layer keeps its mask as a `weight_keep` buffer (not in the state dict)."
+    ("Prune `model` in place: pruned weights become exactly 0 in the same plain `Parameter`s "
+     "and their gradients are masked, so any optimizer keeps them 0; "
+     "each layer keeps its mask as a `weight_keep` buffer (not in the state dict).")
     hs = _holders_of(self, model)
     for k, c in self.masks.items():
         for n, mod, a in hs[k]:
             if a in _pruned_attrs(mod) and not torch.equal(_current_mask(mod, a), c):
-                raise ValueError(f"layer {k!r} already carries a different pruning mask; call `Masks.remove(model)` first")
+                raise ValueError(f"layer {k!r} already carries a different pruning mask; "
+                                 f"call `Masks.remove(model)` first")
     for k, c in self.masks.items():
         for n, mod, a in hs[k]:   # every module holding the weight (a tied or shared one has several) carries the mask
             if a in _legacy_attrs(mod): _unprune_legacy(mod)   # pruned by an earlier version: a plain weight first
@@ -489,7 +528,8 @@ def apply(self:Masks, model:nn.Module, # the model to prune in place
 @patch
 def remove(self:Masks, model:nn.Module, # a model pruned with `Masks.apply`
           ) -> nn.Module:
-    "Make the pruning permanent: the layers forget their masks and hooks; the weights keep their zeros (in the same `Parameter`s)."
+    ("Make the pruning permanent: the layers forget their masks and hooks; "
+     "the weights keep their zeros (in the same `Parameter`s).")
     for k, hs in _holders_of(self, model).items():
         for n, mod, a in hs:
             if a in _legacy_attrs(mod): _unprune_legacy(mod)   # pruned by an earlier version: a plain weight, unpruned
@@ -506,32 +546,37 @@ def remove(self:Masks, model:nn.Module, # a model pruned with `Masks.apply`
 
 # %% ../nbs/00_masks.ipynb #from-model
 @patch(cls_method=True)
-def from_model(cls:Masks, model:nn.Module, # a pruned model (by `Masks.apply`, a pruning callback, or `torch.nn.utils.prune`)
-              ) -> Masks:
+def from_model(
+    cls:Masks, model:nn.Module, # a pruned model (by `Masks.apply`, a pruning callback, or `torch.nn.utils.prune`)
+) -> Masks:
     "Read back the masks a pruned model carries (e.g. after `load_learner`), each shared weight once."
     ms, owners = {}, holders(model)
     for n, mod in model.named_modules():
         for a in _pruned_attrs(mod):
             n0, _, a0 = owners[id(_params_of(mod)[a])][0]
             ms.setdefault(weight_key(n0, a0), _current_mask(mod, a))
-    if not ms: raise ValueError(f"{type(model).__name__} carries no pruning mask; if its pruned weights are zeros "
-                                f"(e.g. a state dict loaded without its mask), `Masks.from_zeros(model)` reads them back")
+    if not ms:
+        raise ValueError(f"{type(model).__name__} carries no pruning mask; if its pruned weights are zeros "
+                         f"(e.g. a state dict loaded without its mask), `Masks.from_zeros(model)` reads them back")
     c = cls(ms)
     c.model_params = n_parameters(model)
     return c
 
 @patch(cls_method=True)
-def from_zeros(cls:Masks, model:nn.Module, # a model whose pruned weights are 0, e.g. a pruned state dict loaded into a fresh model
-               layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
-              ) -> Masks:
-    "The masks of `model`'s zeros: a weight is kept where it is not exactly 0 (trained weights are never exactly 0 by chance)."
+def from_zeros(
+    cls:Masks, model:nn.Module, # a model whose pruned weights are 0, e.g. a pruned state dict loaded into a fresh model
+    layer_types=PRUNABLE_TYPES, # module classes whose weights are prunable, and/or names of `WEIGHT_GROUPS`
+) -> Masks:
+    ("The masks of `model`'s zeros: "
+     "a weight is kept where it is not exactly 0 (trained weights are never exactly 0 by chance).")
     c = cls({k: weight_of(h).detach() != 0 for k, h in prunable_weights(model, layer_types).items()})
     c.model_params = n_parameters(model)
     return c
 
 # %% ../nbs/00_masks.ipynb #74cd8bd8
 class _ZeroPruned:
-    "A picklable optimizer step hook: `zero_pruned_grads` (before the step) or `zero_pruned_weights` (after it) of one model."
+    ("A picklable optimizer step hook: "
+     "`zero_pruned_grads` (before the step) or `zero_pruned_weights` (after it) of one model.")
     def __init__(self, model, f): self.model, self.f = model, f
     def __call__(self, optimizer, args, kwargs): self.f(self.model)
 
@@ -544,7 +589,8 @@ class _Handles:
 def keep_pruned(optimizer:torch.optim.Optimizer, # the optimizer that trains `model`
                 model:nn.Module, # a model pruned by `Masks.apply`
                ):
-    "Plain PyTorch: pruned weights stay exactly 0 through every `optimizer.step()` (gradients zeroed before it, weights after it); returns a handle with `.remove()`."
+    ("Plain PyTorch: pruned weights stay exactly 0 through every `optimizer.step()` (gradients zeroed before it, "
+     "weights after it); returns a handle with `.remove()`.")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"keep_pruned needs a torch.optim.Optimizer, got {type(optimizer).__name__} (with fastai, the "
                          f"pruning callbacks do this job: `KeepPrunedCallback`)")

@@ -28,7 +28,8 @@ def _legacy_mask(mod:nn.Module, attr:str='weight') -> Tensor|None:
     return mod.weight_mask if attr in _legacy_attrs(mod) else None
 
 def _params_of(mod:nn.Module) -> dict[str, nn.Parameter]:
-    "`mod`'s own parameters under the names the model uses: a layer pruned by `torch.nn.utils.prune` holds its `weight` as `weight_orig`."
+    ("`mod`'s own parameters under the names the model uses: "
+     "a layer pruned by `torch.nn.utils.prune` holds its `weight` as `weight_orig`.")
     ps = mod._parameters
     return {('weight' if a == 'weight_orig' else a): p for a, p in ps.items()} if 'weight_orig' in ps else ps
 
@@ -42,14 +43,16 @@ def _in_place_of(mod:nn.Module, old:str, new:str, order:list):
         mod._parameters.update(items)
 
 def _unprune_legacy(mod:nn.Module):
-    "`torch.nn.utils.prune.remove` on a legacy-pruned layer: `weight` = `weight_orig` x `weight_mask`, the same `Parameter`, in its place."
+    ("`torch.nn.utils.prune.remove` on a legacy-pruned layer: `weight` = `weight_orig` x `weight_mask`, "
+     "the same `Parameter`, in its place.")
     order = list(mod._parameters)
     prune.remove(mod, 'weight')
     _in_place_of(mod, 'weight_orig', 'weight', order)   # optimizers index their state by position
 
 # %% ../nbs/14_masks_engineering.ipynb #eng-zero
 def _kept_index(mod:nn.Module, attr:str, keep:Tensor) -> Tensor:
-    "The flat indices of the entries that `keep` (`mod`'s mask of `attr`) keeps, computed once per mask tensor (a new one after `.to(device)`)."
+    ("The flat indices of the entries that `keep` (`mod`'s mask of `attr`) keeps, computed once per mask tensor "
+     "(a new one after `.to(device)`).")
     cache = mod.__dict__.setdefault('_keep_index', {})
     cached = cache.get(attr)
     if cached is None or cached[0] is not keep: cached = cache[attr] = (keep, keep.reshape(-1).nonzero().squeeze(1))
@@ -61,7 +64,8 @@ def _forget_kept_index(mod:nn.Module, attr:str):
 
 @torch.no_grad()
 def _zero_unkept_(t:Tensor, keep:Tensor, mod:nn.Module, attr:str='weight'):
-    "`t.masked_fill_(~keep, 0)` in place, reading and writing the kept entries only; `keep` is `mod`'s mask of `attr` (its index is cached there)."
+    ("`t.masked_fill_(~keep, 0)` in place, reading and writing the kept entries only; "
+     "`keep` is `mod`'s mask of `attr` (its index is cached there).")
     idx = _kept_index(mod, attr, keep)
     if not t.is_contiguous() or idx.device != t.device:   # e.g. channels_last: the mask, read in the weight's own order
         t.masked_fill_(~keep.to(t.device), 0)

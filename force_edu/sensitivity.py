@@ -54,7 +54,8 @@ def saliency_mode(model:nn.Module, # the network whose saliencies are computed
 
 # %% ../nbs/01_sensitivity.ipynb #c95d2e2f
 def _plain(t):
-    return t.as_subclass(Tensor) if isinstance(t, Tensor) and type(t) is not Tensor and not isinstance(t, nn.Parameter) else t
+    return (t.as_subclass(Tensor) if isinstance(t, Tensor) and type(t) is not Tensor and not isinstance(t, nn.Parameter)
+            else t)
 
 def to_device(batch, # a tuple `(x, y)` or `(x1, ..., xn, y)` of tensors (fastai subclasses allowed)
               device, # the `torch.device` (or its name) to move the tensors to
@@ -71,12 +72,15 @@ def to_device(batch, # a tuple `(x, y)` or `(x1, ..., xn, y)` of tensors (fastai
 
 # %% ../nbs/01_sensitivity.ipynb #masked-loss-2
 class MaskedLoss:
-    "The loss $L(\\theta \\odot c)$ of `model` as a function of its prunable weights, evaluated without changing `model`."
-    def __init__(self, model:nn.Module, # the network; it is never modified
-                 loss_func=F.cross_entropy, # `loss_func(output, target)` -> scalar, e.g. fastai's `learn.loss_func`
-                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
-                 bn_mode:str='train', # BatchNorm mode while the loss is evaluated (see `saliency_mode`)
-                ):
+    ("The loss $L(\\theta \\odot c)$ of `model` as a function of its prunable weights, "
+     "evaluated without changing `model`.")
+    def __init__(
+        self,
+        model:nn.Module, # the network; it is never modified
+        loss_func=F.cross_entropy, # `loss_func(output, target)` -> scalar, e.g. fastai's `learn.loss_func`
+        layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
+        bn_mode:str='train', # BatchNorm mode while the loss is evaluated (see `saliency_mode`)
+    ):
         self.model, self.loss_func, self.bn_mode = model, loss_func, check_bn_mode(bn_mode)
         self.weights = prunable_weights(model, layer_types)   # each tied or shared weight once
         already = [k for k, hs in self.weights.items() if any(is_pruned(m) for _, m, _ in hs)]
@@ -84,7 +88,8 @@ class MaskedLoss:
                                      f"or call `Masks.remove(model)` first")
         self.layers = {k: hs[0][1] for k, hs in self.weights.items()}
         self.names = list(self.weights)
-        self.keys = [f'{n}.{a}'.lstrip('.') for n, _, a in (hs[0] for hs in self.weights.values())]   # as `named_parameters` names them
+        # as `named_parameters` names them
+        self.keys = [f'{n}.{a}'.lstrip('.') for n, _, a in (hs[0] for hs in self.weights.values())]
         self.theta = [weight_of(hs).detach() for hs in self.weights.values()]   # the dense weights, by reference
         self.shapes = {n: t.shape for n, t in zip(self.names, self.theta)}
         self.sizes = [t.numel() for t in self.theta]
@@ -101,7 +106,8 @@ def mask_list(self:MaskedLoss, c) -> list[Tensor|None]:
     "`c` (a `Masks`, a list per layer, a flat vector or `None` for $c = 1$) as one tensor (or `None`) per layer."
     if c is None: return [None] * len(self.names)
     if isinstance(c, Mapping):
-        if list(c) != self.names: raise ValueError(f"the masks cover layers {list(c)[:4]}..., the model {self.names[:4]}...")
+        if list(c) != self.names:
+            raise ValueError(f"the masks cover layers {list(c)[:4]}..., the model {self.names[:4]}...")
         return [c[n].to(self.device) for n in self.names]
     if isinstance(c, Tensor): return [p.view(s) for p, s in zip(c.reshape(-1).split(self.sizes), self.shapes.values())]
     return list(c)
@@ -129,7 +135,8 @@ def _check(self:MaskedLoss, loss, batch_idx):
 def grads(self:MaskedLoss, batches:Iterable, # the batches to average over
           c=None, # the mask (`None`: the dense network)
          ) -> list[Tensor]:
-    "$\\nabla L(\\theta \\odot c)$ averaged over `batches`, one tensor per prunable layer; times $\\theta$, it is $\\partial L(\\theta \\odot c) / \\partial c$."
+    ("$\\nabla L(\\theta \\odot c)$ averaged over `batches`, one tensor per prunable layer; times $\\theta$, "
+     "it is $\\partial L(\\theta \\odot c) / \\partial c$.")
     w = [t.requires_grad_() for t in self.pruned_weights(c)]   # leaf tensors: theta * c
     with saliency_mode(self.model, self.bn_mode), torch.enable_grad():
         total, n = None, 0
@@ -170,14 +177,16 @@ def _as_list(batches):
     if not bs: raise ValueError("no batches were given: pass at least one (x, y) batch")
     return bs
 
-def connection_sensitivity(model:nn.Module, # the network (not modified)
-                           batches:Iterable, # (x, y) batches to average the loss over
-                           masks:Masks|None=None, # the mask $\hat c$; `None` for $c = 1$ (SNIP's eq. 2)
-                           loss_func=F.cross_entropy, # `loss_func(output, target)`
-                           layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-                           bn_mode:str='train', # BatchNorm mode during the computation
-                          ) -> dict[str, Tensor]:
-    "$g = \\theta \\odot \\nabla L(\\theta \\odot c)$ (eq. 5), the derivative of the loss with respect to the mask, per layer."
+def connection_sensitivity(
+    model:nn.Module, # the network (not modified)
+    batches:Iterable, # (x, y) batches to average the loss over
+    masks:Masks|None=None, # the mask $\hat c$; `None` for $c = 1$ (SNIP's eq. 2)
+    loss_func=F.cross_entropy, # `loss_func(output, target)`
+    layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
+    bn_mode:str='train', # BatchNorm mode during the computation
+) -> dict[str, Tensor]:
+    ("$g = \\theta \\odot \\nabla L(\\theta \\odot c)$ (eq. 5), the derivative of the loss with respect to the mask, "
+     "per layer.")
     ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
     g = ml.grads(_as_list(batches), masks)
     return {n: t * gi for n, t, gi in zip(ml.names, ml.theta, g)}
@@ -188,7 +197,8 @@ def force_objective(model:nn.Module, # the network (not modified)
                     loss_func=F.cross_entropy, # `loss_func(output, target)`
                     bn_mode:str='train', # BatchNorm mode during the computation
                    ) -> float:
-    "$S(\\theta, c) = \\sum_{i \\in \\mathrm{supp}(c)} |\\theta_i \\nabla L(\\theta \\odot c)_i|$, the FORCE objective (eq. 6)."
+    ("$S(\\theta, c) = \\sum_{i \\in \\mathrm{supp}(c)} |\\theta_i \\nabla L(\\theta \\odot c)_i|$, "
+     "the FORCE objective (eq. 6).")
     ml = MaskedLoss(model, loss_func, _types_of(model, masks), bn_mode)
     cs = ml.mask_list(masks)
     g = ml.grads(_as_list(batches), cs)
@@ -200,7 +210,8 @@ def gradient_norm(model:nn.Module, # the network (not modified)
                   loss_func=F.cross_entropy, # `loss_func(output, target)`
                   bn_mode:str='train', # BatchNorm mode during the computation
                  ) -> float:
-    "$\\|c \\odot \\nabla L(\\theta \\odot c)\\|_2$ over the prunable weights: the gradient norm after pruning (Fig. 6b)."
+    ("$\\|c \\odot \\nabla L(\\theta \\odot c)\\|_2$ over the prunable weights: "
+     "the gradient norm after pruning (Fig. 6b).")
     ml = MaskedLoss(model, loss_func, _types_of(model, masks), bn_mode)
     cs = ml.mask_list(masks)
     g = ml.grads(_as_list(batches), cs)
@@ -218,13 +229,14 @@ def _types_of(model, masks):
     return types
 
 # %% ../nbs/01_sensitivity.ipynb #94e26606
-def hessian_gradient_product(model:nn.Module, # the network (not modified)
-                             batches:Iterable, # (x, y) batches to average the loss over
-                             masks:Masks|None=None, # evaluate at $\theta \odot c$ (`None`: dense)
-                             loss_func=F.cross_entropy, # `loss_func(output, target)`
-                             layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-                             bn_mode:str='train', # BatchNorm mode during the computation
-                            ) -> dict[str, Tensor]:
+def hessian_gradient_product(
+    model:nn.Module, # the network (not modified)
+    batches:Iterable, # (x, y) batches to average the loss over
+    masks:Masks|None=None, # evaluate at $\theta \odot c$ (`None`: dense)
+    loss_func=F.cross_entropy, # `loss_func(output, target)`
+    layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
+    bn_mode:str='train', # BatchNorm mode during the computation
+) -> dict[str, Tensor]:
     "$Hg$ at $\\theta \\odot c$ with $g$ the batch-averaged gradient there, per layer (GRASP, eq. 4)."
     ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
     bs = _as_list(batches)
@@ -235,5 +247,6 @@ def hessian_gradient_product(model:nn.Module, # the network (not modified)
 def raw_logit_nll(output:Tensor, # logits (no log-softmax applied)
                   target:Tensor, # class indices
                  ) -> Tensor:
-    "`F.nll_loss` on raw logits, $-\\overline{z_y}$: the saliency loss of the paper's official code (not the training loss)."
+    ("`F.nll_loss` on raw logits, $-\\overline{z_y}$: the saliency loss of the paper's official code "
+     "(not the training loss).")
     return F.nll_loss(output, target)

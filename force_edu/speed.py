@@ -23,8 +23,10 @@ __all__ = ['fast_topk_mask', 'FastMaskedLoss']
 
 # %% ../nbs/11_fast.ipynb #fast-topk-helpers
 _TOPK_SAMPLE = 2**16   # sample size of `_topk_bracketed`
-_TOPK_MIN = 2**20      # from this many scores on, `fast_topk_mask` brackets the k-th largest instead of a plain `kthvalue`
-_CHUNK = 2**16         # on the CPU, per-weight work runs 64K entries at a time: each piece is read from memory once, then stays in cache
+# from this many scores on, `fast_topk_mask` brackets the k-th largest instead of a plain `kthvalue`
+_TOPK_MIN = 2**20
+# on the CPU, per-weight work runs 64K entries at a time: each piece is read from memory once, then stays in cache
+_CHUNK = 2**16
 
 def _as_parts(scores) -> list[Tensor]:
     "`scores` (one tensor, or one per layer) as a list of flat detached tensors (views where possible)."
@@ -33,12 +35,14 @@ def _as_parts(scores) -> list[Tensor]:
     return [p.detach().reshape(-1) for p in parts]
 
 def _pieces(parts:list[Tensor], *aligned:list[Tensor]|None):
-    "`(flat offset, scores, *aligned pieces)` piece by piece (`None` for an `aligned` that is `None`): `_CHUNK` long on the CPU, whole tensors on other devices."
+    ("`(flat offset, scores, *aligned pieces)` piece by piece (`None` for an `aligned` that is `None`): "
+     "`_CHUNK` long on the CPU, whole tensors on other devices.")
     off = 0
     for i, p in enumerate(parts):
         n = p.numel()
         step = _CHUNK if p.device.type == 'cpu' else max(n, 1)
-        for s in range(0, n, step): yield (off + s, p[s:s + step], *(None if a is None else a[i][s:s + step] for a in aligned))
+        for s in range(0, n, step):
+            yield (off + s, p[s:s + step], *(None if a is None else a[i][s:s + step] for a in aligned))
         off += n
 
 # %% ../nbs/11_fast.ipynb #fast-bracketed
@@ -53,14 +57,16 @@ def _fill_ties(parts, allowed, keep:Tensor, value:float, n:int) -> bool:
         n -= i.numel()
     return n <= 0
 
-def _topk_bracketed(scores, # flat float32/float64 scores (one tensor, or one per layer, all of one dtype and device)
-                    k:int, # 1 <= k < m
-                    n_sample:int=_TOPK_SAMPLE, # sample size
-                    allowed=None, # boolean mask(s) like `scores`: only these may be kept (`None`: all)
-                    out:Tensor|None=None, # a flat boolean tensor of m entries to write the mask into (`None`: a new one)
-                    scale=None, # tensors like `scores`: the scores are |scores * scale|, written into `scores` in this pass
-                   ) -> Tensor|None:
-    "`fast_topk_mask(scores, k, allowed)` with the k-th largest bracketed by two order statistics of a fixed-seed sample; `None` if the bracket misses."
+def _topk_bracketed(
+    scores, # flat float32/float64 scores (one tensor, or one per layer, all of one dtype and device)
+    k:int, # 1 <= k < m
+    n_sample:int=_TOPK_SAMPLE, # sample size
+    allowed=None, # boolean mask(s) like `scores`: only these may be kept (`None`: all)
+    out:Tensor|None=None, # a flat boolean tensor of m entries to write the mask into (`None`: a new one)
+    scale=None, # tensors like `scores`: the scores are |scores * scale|, written into `scores` in this pass
+) -> Tensor|None:
+    ("`fast_topk_mask(scores, k, allowed)` with the k-th largest bracketed by two order statistics of a fixed-seed "
+     "sample; `None` if the bracket misses.")
     parts = _as_parts(scores)
     allowed = None if allowed is None else _as_parts(allowed)
     scale = None if scale is None else _as_parts(scale)
@@ -77,7 +83,8 @@ def _topk_bracketed(scores, # flat float32/float64 scores (one tensor, or one pe
         start, off = end, off + sizes[i]
     xs = torch.cat(vals).sort(descending=True).values
     q = k / m
-    j, d = q * n_sample, 6 * math.sqrt(n_sample * q * (1 - q)) + 2   # expected rank of the k-th largest in the sample, slack
+    # expected rank of the k-th largest in the sample, slack
+    j, d = q * n_sample, 6 * math.sqrt(n_sample * q * (1 - q)) + 2
     a, b = math.floor(j - d), math.ceil(j + d)
     hi = xs[a].item() if a >= 0 else math.inf          # probably >= the k-th largest
     lo = xs[b].item() if b < n_sample else -math.inf   # probably <= it
@@ -93,8 +100,11 @@ def _topk_bracketed(scores, # flat float32/float64 scores (one tensor, or one pe
         counts.append(torch.count_nonzero(kc)); sums.append(x.sum())
         i = ins.nonzero().squeeze(1)
         if i.numel(): ins_i.append(i + off); ins_v.append(x[i])
-    if torch.isnan(torch.stack(sums)).any() and any(torch.isnan(p.max()) for p in parts):   # a sum is also NaN for inf - inf
-        raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: BatchNorm in train mode over one value per channel (use a larger batch or `bn_mode='eval'`), or a second derivative through zero padding (use larger inputs)")
+    # a sum is also NaN for inf - inf
+    if torch.isnan(torch.stack(sums)).any() and any(torch.isnan(p.max()) for p in parts):
+        raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: "
+                         "BatchNorm in train mode over one value per channel (use a larger batch or `bn_mode='eval'`), "
+                         "or a second derivative through zero padding (use larger inputs)")
     n_hi = int(torch.stack(counts).sum())
     if n_hi >= k:   # the k-th largest is hi itself, or the bracket missed above: keep s > hi, then ties at hi
         n_gt = 0
@@ -117,13 +127,15 @@ def _topk_bracketed(scores, # flat float32/float64 scores (one tensor, or one pe
     return keep if _fill_ties(parts, allowed, keep, lo, r - vals.numel()) else None
 
 # %% ../nbs/11_fast.ipynb #fast-topk
-def fast_topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one tensor (any shape), or one per layer, read as their concatenation
-              k:int, # number of weights to keep
-              allowed:Tensor|list[Tensor]|None=None, # boolean mask(s) shaped like `scores`: only these may be kept, as if every other score were -inf
-              out:Tensor|None=None, # a flat boolean tensor of m entries to write the mask into, e.g. reused across steps (`None`: a new one)
-              scale:Tensor|list[Tensor]|None=None, # tensors like `scores`: rank |scores * scale| instead, computed in place in `scores` within the top-k's own pass (FORCE's |theta * grad|)
-             ) -> Tensor:
-    "`masks.topk_mask` without a sort or a concatenated copy: the same mask (the `k` largest `scores`, ties towards the lowest index); with `scale`, `scores` is overwritten by |scores * scale|."
+def fast_topk_mask(
+    scores:Tensor|list[Tensor], # saliency of every weight: one tensor (any shape), or one per layer, concatenated
+    k:int, # number of weights to keep
+    allowed:Tensor|list[Tensor]|None=None, # boolean mask(s) like `scores`: only these may be kept, others count as -inf
+    out:Tensor|None=None, # a flat boolean tensor of m entries for the mask, e.g. reused across steps (`None`: new)
+    scale:Tensor|list[Tensor]|None=None, # like `scores`: rank |scores * scale|, in place (FORCE's |theta * grad|)
+) -> Tensor:
+    ("`masks.topk_mask` without a sort or a concatenated copy: the same mask (the `k` largest `scores`, ties towards "
+     "the lowest index); with `scale`, `scores` is overwritten by |scores * scale|.")
     parts = _as_parts(scores)
     m = sum(p.numel() for p in parts)
     if not 0 <= k <= m: raise ValueError(f"cannot keep k={k} of {m} scores")
@@ -131,26 +143,34 @@ def fast_topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one t
     if allowed is not None:
         allowed, sizes = _as_parts(allowed), [p.numel() for p in parts]
         if sum(a.numel() for a in allowed) != m or any(a.dtype != torch.bool for a in allowed):
-            raise ValueError(f"`allowed` must be boolean, with one entry per score ({m}); got {sum(a.numel() for a in allowed)} "
-                             f"entries of dtype {allowed[0].dtype}")
-        if [a.numel() for a in allowed] != sizes: allowed = list(torch.cat(allowed).split(sizes))   # split like `scores`
+            raise ValueError(f"`allowed` must be boolean, with one entry per score ({m}); "
+                             f"got {sum(a.numel() for a in allowed)} entries of dtype {allowed[0].dtype}")
+        if [a.numel() for a in allowed] != sizes:
+            allowed = list(torch.cat(allowed).split(sizes))   # split like `scores`
     if scale is not None:
         scale = _as_parts(scale)
-        if [t.numel() for t in scale] != [p.numel() for p in parts]: raise ValueError("`scale` must have the shapes of `scores`")
-    if out is not None and (out.dtype != torch.bool or out.numel() != m or out.device != dev or not out.is_contiguous()):
+        if [t.numel() for t in scale] != [p.numel() for p in parts]:
+            raise ValueError("`scale` must have the shapes of `scores`")
+    if out is not None and (out.dtype != torch.bool or out.numel() != m or out.device != dev
+                            or not out.is_contiguous()):
         raise ValueError(f"`out` must be a contiguous boolean tensor of {m} entries on {dev}")
     if out is not None: out = out.view(-1)
     if k == m: return torch.ones(m, dtype=torch.bool, device=dev) if out is None else out.fill_(True)
     if k == 0: return torch.zeros(m, dtype=torch.bool, device=dev) if out is None else out.fill_(False)
-    if (m >= _TOPK_MIN and len({(p.dtype, p.device) for p in parts}) == 1 and parts[0].dtype in (torch.float32, torch.float64)):
+    if (m >= _TOPK_MIN and len({(p.dtype, p.device) for p in parts}) == 1
+            and parts[0].dtype in (torch.float32, torch.float64)):
         keep = _topk_bracketed(parts, k, allowed=allowed, out=out, scale=scale)   # raises on NaN
         if keep is not None: return keep
         scale = None   # the pass wrote |scores * scale| into `scores`
     if scale is not None: parts = [p.mul_(t).abs_() for p, t in zip(parts, scale)]
     s = parts[0] if len(parts) == 1 else torch.cat(parts)   # float64 scores stay float64
     if s.dtype in (torch.float16, torch.bfloat16): s = s.float()
-    elif not s.is_floating_point() and (s.dtype == torch.bool or allowed is not None): s = s.double()   # exact for integers < 2**53
-    if torch.isnan(s.max()): raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: BatchNorm in train mode over one value per channel (use a larger batch or `bn_mode='eval'`), or a second derivative through zero padding (use larger inputs)")  # max propagates NaN
+    elif not s.is_floating_point() and (s.dtype == torch.bool or allowed is not None):
+        s = s.double()   # exact for integers < 2**53
+    if torch.isnan(s.max()):  # max propagates NaN
+        raise ValueError("saliency scores contain NaN; check the data and the loss. Small inputs can cause it: "
+                         "BatchNorm in train mode over one value per channel (use a larger batch or `bn_mode='eval'`), "
+                         "or a second derivative through zero padding (use larger inputs)")
     if allowed is not None: s = s.masked_fill(~(allowed[0] if len(allowed) == 1 else torch.cat(allowed)), -math.inf)
     kth = s.kthvalue(m - k + 1).values  # the k-th largest value
     keep = s >= kth
@@ -162,7 +182,8 @@ def fast_topk_mask(scores:Tensor|list[Tensor], # saliency of every weight: one t
 
 # %% ../nbs/11_fast.ipynb #fast-nonzero
 def _nonzero(mask:Tensor) -> Tensor:
-    "`mask.nonzero()` of a flat boolean mask, in index order; when sparse, zero 8-byte words are skipped 8 entries at a time."
+    ("`mask.nonzero()` of a flat boolean mask, in index order; when sparse, zero 8-byte words are skipped "
+     "8 entries at a time.")
     n8 = mask.numel() // 8 * 8
     if n8 == 0 or mask.storage_offset() % 8 or torch.count_nonzero(mask) * 64 > n8: return mask.nonzero().squeeze(1)
     words = mask[:n8].view(torch.int64)
@@ -175,7 +196,8 @@ def _nonzero(mask:Tensor) -> Tensor:
 def _times_mask(t:Tensor, # a weight tensor
                 c:Tensor, # its boolean mask
                ) -> Tensor:
-    "`t * c` as a new tensor (not tracked by autograd on the CPU); on the CPU, piece by piece, with `c` read as bytes (PyTorch's bool-to-float conversion is 5x slower)."
+    ("`t * c` as a new tensor (not tracked by autograd on the CPU); on the CPU, piece by piece, with `c` read as bytes "
+     "(PyTorch's bool-to-float conversion is 5x slower).")
     if t.device.type != 'cpu' or c.dtype != torch.bool or c.shape != t.shape or not t.is_floating_point(): return t * c
     out = torch.empty(t.shape, dtype=t.dtype)
     o, tf, cf = out.view(-1), t.detach().reshape(-1), c.reshape(-1).view(torch.uint8)
@@ -183,27 +205,34 @@ def _times_mask(t:Tensor, # a weight tensor
     return out
 
 # %% ../nbs/11_fast.ipynb #fast-masked-weights
-_RECOMPUTE = True   # False: keep the masked copies of the weights for the backward pass (more memory, one multiply less)
-_META = {Tensor.size, Tensor.dim, Tensor.numel, Tensor.__len__, Tensor.stride, Tensor.is_contiguous, Tensor.element_size,
-         Tensor.is_floating_point, Tensor.shape.__get__, Tensor.dtype.__get__, Tensor.device.__get__, Tensor.ndim.__get__,
-         Tensor.is_cuda.__get__, Tensor.requires_grad.__get__, Tensor.layout.__get__}   # uses of a weight that read no values
+# False: keep the masked copies of the weights for the backward pass (more memory, one multiply less)
+_RECOMPUTE = True
+_META = {Tensor.size, Tensor.dim, Tensor.numel, Tensor.__len__, Tensor.stride, Tensor.is_contiguous,
+         Tensor.element_size, Tensor.is_floating_point, Tensor.shape.__get__, Tensor.dtype.__get__,
+         Tensor.device.__get__, Tensor.ndim.__get__, Tensor.is_cuda.__get__, Tensor.requires_grad.__get__,
+         Tensor.layout.__get__}   # uses of a weight that read no values
 
 class _Masked(torch.autograd.Function):
-    "$\\theta \\odot c$ as a non-leaf tensor (its gradient is $\\nabla L(\\theta \\odot c)$); nothing is saved for backward."
+    ("$\\theta \\odot c$ as a non-leaf tensor (its gradient is $\\nabla L(\\theta \\odot c)$); "
+     "nothing is saved for backward.")
     @staticmethod
     def forward(ctx, anchor, t, c): return _times_mask(t, c)
     @staticmethod
     def backward(ctx, grad): return None, None, None
 
 class _MaskedWeights(TorchFunctionMode):
-    "While active, each torch function given a layer's weight placeholder gets $\\theta \\odot c$ instead, computed there and then; what it saves for backward is a tag, recomputed in the backward pass (saved-tensor hooks). No weight-sized copy outlives its layer."
+    ("While active, each torch function given a layer's weight placeholder gets $\\theta \\odot c$ instead, "
+     "computed there and then; what it saves for backward is a tag, recomputed in the backward pass "
+     "(saved-tensor hooks). No weight-sized copy outlives its layer.")
     def __init__(self, theta, cs):
         super().__init__()
         self.theta, self.cs = theta, cs
-        self.placeholders = [t.detach() for t in theta]   # new tensor objects on theta's storage, passed to `functional_call`
+        # new tensor objects on theta's storage, passed to `functional_call`
+        self.placeholders = [t.detach() for t in theta]
         self.index = {id(p): i for i, p in enumerate(self.placeholders)}
         self.anchor = torch.zeros((), device=theta[0].device, requires_grad=True)
-        self.edges, self.ptrs = [], {}   # (layer, gradient edge) per use; storage address -> layer of each masked copy made
+        # (layer, gradient edge) per use; storage address -> layer of each masked copy made
+        self.edges, self.ptrs = [], {}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
     def _masked(self, a, made:list):
         i = self.index.get(id(a)) if isinstance(a, Tensor) else None
@@ -226,14 +255,16 @@ class _MaskedWeights(TorchFunctionMode):
         if isinstance(a, (list, tuple)) and self._has_placeholder(a):
             b = [self._swap(x, made) for x in a]
             return type(a)(*b) if hasattr(a, '_fields') else type(a)(b)   # namedtuples too
-        if isinstance(a, dict) and self._has_placeholder(a): return type(a)((k, self._swap(v, made)) for k, v in a.items())
+        if isinstance(a, dict) and self._has_placeholder(a):
+            return type(a)((k, self._swap(v, made)) for k, v in a.items())
         return a
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _META or not self._has_placeholder((args, kwargs)): return func(*args, **kwargs)
         made = []
         args, kwargs = self._swap(args, made), self._swap(kwargs, made)
-        try: return func(*args, **kwargs)   # what it saves for backward is packed in here, while its masked copies are alive
+        # what it saves for backward is packed in here, while its masked copies are alive
+        try: return func(*args, **kwargs)
         finally:
             for p in made: self.ptrs.pop(p, None)   # afterwards the address may hold another tensor
     def pack(self, x):
@@ -249,7 +280,9 @@ class _MaskedWeights(TorchFunctionMode):
         return super().__enter__()
     def __exit__(self, *exc):
         try: return super().__exit__(*exc)
-        finally: self._hooks.__exit__(*exc); self._hooks, self.ptrs = None, {}   # no reference cycle keeps the masks alive
+        finally:
+            self._hooks.__exit__(*exc)
+            self._hooks, self.ptrs = None, {}   # no reference cycle keeps the masks alive
     def grads(self, loss:Tensor, names) -> list[Tensor]:
         "$\\nabla L(\\theta \\odot c)$ per layer, summed over each use of the layer's weight in the forward pass."
         used = {i for i, _ in self.edges}
@@ -267,12 +300,15 @@ class _MaskedWeights(TorchFunctionMode):
 
 # %% ../nbs/11_fast.ipynb #fast-maskedloss
 class FastMaskedLoss(MaskedLoss):
-    "`MaskedLoss` whose `grads` keeps no masked copy of the weights for the backward pass (recomputed there); the same results."
-    def __init__(self, model:nn.Module, # the network; it is never modified
-                 loss_func=F.cross_entropy, # `loss_func(output, target)` -> scalar, e.g. fastai's `learn.loss_func`
-                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
-                 bn_mode:str='train', # BatchNorm mode while the loss is evaluated (see `saliency_mode`)
-                ):
+    ("`MaskedLoss` whose `grads` keeps no masked copy of the weights for the backward pass (recomputed there); "
+     "the same results.")
+    def __init__(
+        self,
+        model:nn.Module, # the network; it is never modified
+        loss_func=F.cross_entropy, # `loss_func(output, target)` -> scalar, e.g. fastai's `learn.loss_func`
+        layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
+        bn_mode:str='train', # BatchNorm mode while the loss is evaluated (see `saliency_mode`)
+    ):
         super().__init__(model, loss_func, layer_types, bn_mode)
 
     def pruned_weights(self, c=None) -> list[Tensor]:
@@ -282,9 +318,11 @@ class FastMaskedLoss(MaskedLoss):
     def grads(self, batches:Iterable, # the batches to average over
               c=None, # the mask (`None`: the dense network)
              ) -> list[Tensor]:
-        "$\\nabla L(\\theta \\odot c)$ averaged over `batches`, one tensor per prunable layer ($\\theta \\odot c$ is recomputed in the backward pass, not kept)."
+        ("$\\nabla L(\\theta \\odot c)$ averaged over `batches`, one tensor per prunable layer "
+         "($\\theta \\odot c$ is recomputed in the backward pass, not kept).")
         cs = self.mask_list(c)
-        if all(ci is None for ci in cs) or not _RECOMPUTE: return super().grads(batches, cs)   # dense: views of theta, no copy
+        if all(ci is None for ci in cs) or not _RECOMPUTE:
+            return super().grads(batches, cs)   # dense: views of theta, no copy
         with saliency_mode(self.model, self.bn_mode), torch.enable_grad():
             total, n = None, 0
             for i, b in enumerate(batches):
@@ -299,7 +337,9 @@ class FastMaskedLoss(MaskedLoss):
 
 # %% ../nbs/11_fast.ipynb #fast-alias
 def topk_mask(*args, **kwargs):
-    "Deprecated: `fast_topk_mask` under its former name, removed in the next release (`topk_mask` is the definition's name, in `force_edu.masks`)."
-    warnings.warn("force_edu.speed.topk_mask is deprecated and will be removed in the next release: call force_edu.speed.fast_topk_mask "
-                  "(the same function), or force_edu.masks.topk_mask (the definition: the same masks)", DeprecationWarning, stacklevel=2)
+    ("Deprecated: `fast_topk_mask` under its former name, removed in the next release (`topk_mask` is the "
+     "definition's name, in `force_edu.masks`).")
+    warnings.warn("force_edu.speed.topk_mask is deprecated and will be removed in the next release: "
+                  "call force_edu.speed.fast_topk_mask (the same function), or force_edu.masks.topk_mask "
+                  "(the definition: the same masks)", DeprecationWarning, stacklevel=2)
     return fast_topk_mask(*args, **kwargs)

@@ -42,7 +42,8 @@ def _check_int(v, name, lo=0):
     return v
 
 class _GradOracle:
-    "Flat gradients of the batch-averaged loss at many flat weight vectors (the rows of a matrix), batched with `torch.func.vmap`."
+    ("Flat gradients of the batch-averaged loss at many flat weight vectors (the rows of a matrix), "
+     "batched with `torch.func.vmap`.")
     def __init__(self, ml, batches, chunk=256, vectorize=True):
         self.ml, self.bs, self.chunk, self.vectorize = ml, batches, chunk, vectorize
         shapes = list(ml.shapes.values())
@@ -78,7 +79,8 @@ class _GradOracle:
 # %% ../nbs/03_theory.ipynb #1b0f58a5
 @dataclass
 class SwapGaps:
-    "Per-swap measurements for one pruning step $c_t \\to c_{t+1}$: the gap of eq. 10 and every term of the proof of Theorem 1."
+    ("Per-swap measurements for one pruning step $c_t \\to c_{t+1}$: "
+     "the gap of eq. 10 and every term of the proof of Theorem 1.")
     gap: Tensor # S(θ, ζ) − S(θ, c_{t+1}) per swap (eq. 10 holds with ε iff every gap ≤ ε)
     gamma1: Tensor # Γ1 = Σ_{i∈c_{t+1}} |θ_i ∇L(θ⊙ζ)_i| − S(θ, c_{t+1})  (eq. 12)
     gamma2: Tensor # Γ2 = Σ_{i∈S+} |θ_i ∇L(θ⊙ζ)_i|
@@ -98,7 +100,7 @@ class SwapGaps:
     k_next: int # |c_{t+1}|
     p: int # the swap size
     theta_inf: float # ‖θ‖∞ over all prunable weights
-    margin: float # γ = min_{i∈c_{t+1}} s_i − max_{j} s_j over the pool of S+ (c_t∖c_{t+1} by default; ≥ 0 for the top-k step)
+    margin: float # γ = min_{i∈c_{t+1}} s_i − max_j s_j over S+'s pool (c_t∖c_{t+1} by default; ≥ 0 for top-k)
     exhaustive: bool # every swap was evaluated, so `eps` is the exact ε* (else a lower estimate)
 
     @property
@@ -115,7 +117,8 @@ class SwapGaps:
     def frame(self):
         "The per-swap values as a `pandas.DataFrame`, one row per swap."
         import pandas as pd
-        cols = ('gap', 'gamma1', 'gamma2', 'gamma3', 'tri1', 'd_next', 'l1_next', 'd_t', 'l1_t', 'sal_plus', 'sal_minus')
+        cols = ('gap', 'gamma1', 'gamma2', 'gamma3', 'tri1', 'd_next', 'l1_next', 'd_t', 'l1_t',
+                'sal_plus', 'sal_minus')
         return pd.DataFrame({c: getattr(self, c).cpu().double().numpy() for c in cols})
 
     def __repr__(self):
@@ -129,22 +132,24 @@ def _choose(pool:Tensor, p:int, n:int, g:torch.Generator) -> Tensor:
     return torch.stack([pool[torch.randperm(len(pool), generator=g)[:p]] for _ in range(n)])
 
 # %% ../nbs/03_theory.ipynb #e3793aef
-def swap_gaps(model:nn.Module, # the network at initialisation (not modified)
-              batches:Iterable, # the (x, y) batches defining L (those the step used)
-              c_t:Masks|Tensor|None, # the mask before the step (`None`: the dense $c_0 = 1$)
-              c_next:Masks|Tensor, # the step's mask $c_{t+1}$ ($\subset c_t$ unless `pool='pruned'`)
-              p:int, # the swap size $|S_-| = |S_+| = p$
-              n_samples:int=1000, # random swaps to evaluate (ignored when `exhaustive`)
-              seed:int=0, # seed of the random swaps
-              loss_func=F.cross_entropy, # `loss_func(output, target)`
-              bn_mode:str='eval', # BatchNorm mode while gradients are computed (see `saliency_mode`)
-              exhaustive:bool=False, # evaluate every swap ($p \le 1$): $|c_{t+1}| \cdot |c_t \setminus c_{t+1}|$ of them for $p = 1$
-              layer_types=PRUNABLE_TYPES, # prunable layer classes (read from the masks when they are `Masks`)
-              chunk:int=256, # swaps whose gradients are computed in one batched pass (lower it if memory is short)
-              vectorize:bool=True, # batch the swaps with `torch.func.vmap` (falls back to one at a time if the model does not allow it)
-              pool:str='removed', # where $S_+$ comes from: 'removed' ($c_t \setminus c_{t+1}$, Definition 1) or 'pruned' (every weight outside $c_{t+1}$: FORCE's candidates)
-             ) -> SwapGaps:
-    "The gaps $S(\\theta, \\zeta) - S(\\theta, c_{t+1})$ of Definition 1 for swaps $\\zeta = (c_{t+1} \\setminus S_-) \\cup S_+$, with the terms of Theorem 1's proof."
+def swap_gaps(
+    model:nn.Module, # the network at initialisation (not modified)
+    batches:Iterable, # the (x, y) batches defining L (those the step used)
+    c_t:Masks|Tensor|None, # the mask before the step (`None`: the dense $c_0 = 1$)
+    c_next:Masks|Tensor, # the step's mask $c_{t+1}$ ($\subset c_t$ unless `pool='pruned'`)
+    p:int, # the swap size $|S_-| = |S_+| = p$
+    n_samples:int=1000, # random swaps to evaluate (ignored when `exhaustive`)
+    seed:int=0, # seed of the random swaps
+    loss_func=F.cross_entropy, # `loss_func(output, target)`
+    bn_mode:str='eval', # BatchNorm mode while gradients are computed (see `saliency_mode`)
+    exhaustive:bool=False, # evaluate every swap ($p \le 1$): $|c_{t+1}| \cdot |c_t \setminus c_{t+1}|$ swaps if $p = 1$
+    layer_types=PRUNABLE_TYPES, # prunable layer classes (read from the masks when they are `Masks`)
+    chunk:int=256, # swaps whose gradients are computed in one batched pass (lower it if memory is short)
+    vectorize:bool=True, # batch the swaps with `torch.func.vmap` (one at a time if the model does not allow it)
+    pool:str='removed', # $S_+$ from 'removed' ($c_t \setminus c_{t+1}$, Def. 1) or 'pruned' (FORCE: outside $c_{t+1}$)
+) -> SwapGaps:
+    ("The gaps $S(\\theta, \\zeta) - S(\\theta, c_{t+1})$ of Definition 1 for swaps "
+     "$\\zeta = (c_{t+1} \\setminus S_-) \\cup S_+$, with the terms of Theorem 1's proof.")
     bs = list(batches)
     if not bs: raise ValueError("no batches were given: pass at least one (x, y) batch")
     _check_int(p, 'p'); _check_int(chunk, 'chunk', 1)
@@ -154,16 +159,18 @@ def swap_gaps(model:nn.Module, # the network at initialisation (not modified)
     ct, cn = _flat_mask(ml, c_t, 'c_t'), _flat_mask(ml, c_next, 'c_next')
     if pool not in ('removed', 'pruned'): raise ValueError(f"pool must be 'removed' or 'pruned', got {pool!r}")
     if pool == 'removed' and (cn & ~ct).any():
-        raise ValueError(f"c_next is not a subset of c_t: {int((cn & ~ct).sum())} of its weights are not in c_t. Definition 1 and "
-                         f"Theorem 1 cover the step of eq. 7, where pruned weights stay pruned (Iterative SNIP); a FORCE step "
-                         f"that revives weights is outside them (measure it with pool='pruned')")
+        raise ValueError(f"c_next is not a subset of c_t: {int((cn & ~ct).sum())} of its weights are not in c_t. "
+                         f"Definition 1 and Theorem 1 cover the step of eq. 7, where pruned weights stay pruned "
+                         f"(Iterative SNIP); a FORCE step that revives weights is outside them "
+                         f"(measure it with pool='pruned')")
     removed = ct & ~cn if pool == 'removed' else ~cn
     n_rem, k_next = int(removed.sum()), int(cn.sum())
     src_plus = r'|c_t \ c_next|, the weights the step removed' if pool == 'removed' else 'the weights outside c_next'
     if p > n_rem: raise ValueError(f"p={p} is larger than the {n_rem} weights S+ can come from ({src_plus})")
     if p > k_next: raise ValueError(f"p={p} is larger than |c_next| = {k_next}, the number of weights the step kept")
     if exhaustive and p > 1:
-        raise ValueError(f"exhaustive=True enumerates single swaps (p = 0 or 1), got p={p}; sample with n_samples instead")
+        raise ValueError(f"exhaustive=True enumerates single swaps (p = 0 or 1), got p={p}; "
+                         f"sample with n_samples instead")
     theta = _flat(ml.theta)
     oracle = _GradOracle(ml, bs, chunk, vectorize)
     g_t, g_n = oracle(torch.stack([theta * ct, theta * cn]))
@@ -195,8 +202,8 @@ def swap_gaps(model:nn.Module, # the network at initialisation (not modified)
             tri1=(ath * dn * cn).sum(1), d_next=(dn * cn).amax(1), l1_next=ath[mi].sum(1) + ath[pl].sum(1),
             d_t=(dt * ct).amax(1), l1_t=(ath * (ct & ~Z)).sum(1), sal_plus=s_t[pl].sum(1), sal_minus=s_t[mi].sum(1)))
     res = {k: torch.cat([d[k] for d in parts]) for k in parts[0]}
-    return SwapGaps(**res, minus=minus, plus=plus, S_next=float(S_next), S_t=float(S_t), k_t=int(ct.sum()), k_next=k_next,
-                    p=p, theta_inf=float(ath.max()), margin=margin, exhaustive=bool(exhaustive))
+    return SwapGaps(**res, minus=minus, plus=plus, S_next=float(S_next), S_t=float(S_t), k_t=int(ct.sum()),
+                    k_next=k_next, p=p, theta_inf=float(ath.max()), margin=margin, exhaustive=bool(exhaustive))
 
 # %% ../nbs/03_theory.ipynb #a2e2f142
 @dataclass
@@ -208,23 +215,26 @@ class CRSEstimate:
     w_index: Tensor # 0 where w = θ, i ≥ 1 for the i-th random w
     k: int # |c|
     def __float__(self): return self.lam
-    def __repr__(self): return f"CRSEstimate(λ_c ≥ {self.lam:.4g} from {len(self.ratios):,} sub-masks of |c| = {self.k:,})"
+    def __repr__(self):
+        return f"CRSEstimate(λ_c ≥ {self.lam:.4g} from {len(self.ratios):,} sub-masks of |c| = {self.k:,})"
 
-def estimate_crs(model:nn.Module, # the network at initialisation (not modified)
-                 batches:Iterable, # the (x, y) batches defining L
-                 c:Masks|Tensor|None, # the mask $c$ (`None`: the dense network)
-                 n_samples:int=200, # random sub-masks $\hat c \subset c$ per $w$ (0 with `singles=True`: only those)
-                 seed:int=0, # seed of the draws
-                 removed:int|Sequence[int]|None=None, # $|c \setminus \hat c|$: one size, sizes to draw from, or `None` (log-uniform in $1..|c|$)
-                 singles:bool=False, # also evaluate every single-weight removal $\hat c = c \setminus \{i\}$ at $w = \theta$
-                 n_w:int=0, # random $w$ to try besides $w = \theta$ (the proof only uses $w = \theta$)
-                 loss_func=F.cross_entropy, # `loss_func(output, target)`
-                 bn_mode:str='eval', # BatchNorm mode while gradients are computed
-                 layer_types=PRUNABLE_TYPES, # prunable layer classes (read from `c` when it is `Masks`)
-                 chunk:int=256, # sub-masks whose gradients are computed in one batched pass
-                 vectorize:bool=True, # batch with `torch.func.vmap` (falls back to one at a time)
-                ) -> CRSEstimate:
-    "A lower estimate of the CRS constant $\\lambda_c$ (Definition 2): the largest ratio of eq. 11 over sampled $\\hat c \\subset c$ and $w$."
+def estimate_crs(
+    model:nn.Module, # the network at initialisation (not modified)
+    batches:Iterable, # the (x, y) batches defining L
+    c:Masks|Tensor|None, # the mask $c$ (`None`: the dense network)
+    n_samples:int=200, # random sub-masks $\hat c \subset c$ per $w$ (0 with `singles=True`: only those)
+    seed:int=0, # seed of the draws
+    removed:int|Sequence[int]|None=None, # $|c \setminus \hat c|$: size(s) to draw from (`None`: log-uniform, $1..|c|$)
+    singles:bool=False, # also evaluate every single-weight removal $\hat c = c \setminus \{i\}$ at $w = \theta$
+    n_w:int=0, # random $w$ to try besides $w = \theta$ (the proof only uses $w = \theta$)
+    loss_func=F.cross_entropy, # `loss_func(output, target)`
+    bn_mode:str='eval', # BatchNorm mode while gradients are computed
+    layer_types=PRUNABLE_TYPES, # prunable layer classes (read from `c` when it is `Masks`)
+    chunk:int=256, # sub-masks whose gradients are computed in one batched pass
+    vectorize:bool=True, # batch with `torch.func.vmap` (falls back to one at a time)
+) -> CRSEstimate:
+    ("A lower estimate of the CRS constant $\\lambda_c$ (Definition 2): "
+     "the largest ratio of eq. 11 over sampled $\\hat c \\subset c$ and $w$.")
     bs = list(batches)
     if not bs: raise ValueError("no batches were given: pass at least one (x, y) batch")
     _check_int(n_samples, 'n_samples', 0 if singles else 1); _check_int(n_w, 'n_w'); _check_int(chunk, 'chunk', 1)
@@ -274,7 +284,8 @@ def _theta_inf(theta) -> float:
     elif isinstance(theta, Mapping): ts = list(theta.values())
     elif isinstance(theta, (list, tuple)): ts = list(theta)
     else: raise ValueError(f"theta must be a tensor, a dict or a list of tensors, got {type(theta).__name__}")
-    if not ts or not all(isinstance(t, Tensor) for t in ts): raise ValueError("theta must hold at least one tensor, and only tensors")
+    if not ts or not all(isinstance(t, Tensor) for t in ts):
+        raise ValueError("theta must hold at least one tensor, and only tensors")
     if not any(t.numel() for t in ts): raise ValueError("theta holds no weights")
     return max(float(t.detach().abs().max()) for t in ts if t.numel())
 
@@ -286,16 +297,19 @@ def _count(c_t) -> int:
     if isinstance(c_t, Masks): return c_t.kept
     if isinstance(c_t, Mapping): return sum(int(v.bool().sum()) for v in c_t.values())
     if isinstance(c_t, Tensor): return int(c_t.bool().sum())
-    if isinstance(c_t, (list, tuple)) and all(isinstance(v, Tensor) for v in c_t): return sum(int(v.bool().sum()) for v in c_t)
+    if isinstance(c_t, (list, tuple)) and all(isinstance(v, Tensor) for v in c_t):
+        return sum(int(v.bool().sum()) for v in c_t)
     raise ValueError(f"c_t must be a Masks, a 0/1 tensor, a list of them or a count, got {type(c_t).__name__}")
 
-def local_optimality_bound(theta, # the dense weights θ: a tensor, a dict or a list of tensors (e.g. `MaskedLoss.theta`)
-                           lam:float, # λ = max(λ_{c_t}, λ_{c_{t+1}}), or an estimate (a `CRSEstimate` is accepted)
-                           p:int, # the swap size
-                           c_t, # the mask before the step (`Masks`, 0/1 tensor, list of them) or its size $|c_t|$
-                           gamma:float=0., # the step's saliency margin γ ≥ 0: subtract γp (the proof's sharper form)
-                          ) -> float:
-    "Theorem 1's tolerance $\\varepsilon = 2 \\lambda p \\|\\theta\\|_\\infty^2 |c_t|$ (minus $\\gamma p$ if `gamma` is given)."
+def local_optimality_bound(
+    theta, # the dense weights θ: a tensor, a dict or a list of tensors (e.g. `MaskedLoss.theta`)
+    lam:float, # λ = max(λ_{c_t}, λ_{c_{t+1}}), or an estimate (a `CRSEstimate` is accepted)
+    p:int, # the swap size
+    c_t, # the mask before the step (`Masks`, 0/1 tensor, list of them) or its size $|c_t|$
+    gamma:float=0., # the step's saliency margin γ ≥ 0: subtract γp (the proof's sharper form)
+) -> float:
+    ("Theorem 1's tolerance $\\varepsilon = 2 \\lambda p \\|\\theta\\|_\\infty^2 |c_t|$ "
+     "(minus $\\gamma p$ if `gamma` is given).")
     if isinstance(lam, CRSEstimate): lam = lam.lam
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
         raise ValueError(f"lam must be a number >= 0, got {lam!r}")
