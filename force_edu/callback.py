@@ -46,7 +46,7 @@ def check_prune_args(**options, # `RUN_OPTIONS`, each checked by its declaration
                     ):
     "Deprecated: the options of a pruning callback are checked by their declaration (`force_edu.options`)."
     warnings.warn("check_prune_args is deprecated: PruneAtInitCallback checks its options by their declaration "
-                  "(force_edu.options)", DeprecationWarning, stacklevel=2)
+                  "(force_edu.options)", DeprecationWarning, stacklevel=3)   # the caller, past the wrapper of `takes`
 
 
 # %% ../nbs/04_callback.ipynb #callback-moved
@@ -126,6 +126,8 @@ class PruneAtInitCallback(KeepPrunedCallback):
             self.masks.apply(model)   # a no-op while the model carries it; converts a model pruned by an earlier version
             self.learn._pruning_masks = self.masks
             return
+        # an option set after construction (`cb.sparsity = 0.95`) is checked by its declaration too
+        self.options = {n: o.check(getattr(self, n)) for n, o in RUN_OPTIONS.items()}
         layers = prunable_layers(model, self.layer_types)
         if any(is_pruned(l) for l in layers.values()):   # e.g. `learn.load` of a pruned checkpoint, or a hand-applied mask
             masks = Masks.from_model(model)

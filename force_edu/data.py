@@ -19,6 +19,8 @@ with warnings.catch_warnings():
     from fastai.vision.core import PILImage, PILImageBW
     from fastai.vision.data import ImageBlock
     from fastai.vision.augment import Resize
+from .options import FASHION_MNIST_DIR   # declared once, torch-free: the command line checks --data with it
+
 
 # %% auto #0
 __all__ = ['DIGIT_CLASSES', 'FASHION_MNIST_PATH', 'FASHION_MNIST_APT', 'FASHION_CLASSES', 'IDX_FILES', 'seeded_split',
@@ -133,7 +135,7 @@ def write_idx(a:np.ndarray, # array of one of the IDX element types (uint8, int8
 
 # %% ../nbs/06_data.ipynb #be6e86e4
 # where Debian's `dataset-fashion-mnist` puts the IDX files
-FASHION_MNIST_PATH = Path('/usr/share/datasets/fashion-mnist')
+FASHION_MNIST_PATH = Path(FASHION_MNIST_DIR)
 # the command that installs them: sudo only for a user who is not root
 FASHION_MNIST_APT = (('' if getattr(os, 'geteuid', lambda: 0)() == 0 else 'sudo ')
                      + 'apt-get install dataset-fashion-mnist')

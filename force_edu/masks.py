@@ -19,11 +19,13 @@ from fastcore.basics import patch
 # models pruned by earlier versions, and the zeros written from the kept entries: see "Masks: engineering" (14)
 from .masks_engineering import _params_of, _legacy_attrs, _legacy_mask, _unprune_legacy
 from .masks_engineering import _zero_unkept_, _forget_kept_index
+# what a sparsity is: declared once, with every option (`force_edu.options`, no torch: the command line checks with it)
+from .options import check_sparsity
 
 # %% auto #0
 __all__ = ['PRUNABLE_TYPES', 'WEIGHT_GROUPS', 'document_parameters', 'weight_key', 'holders', 'prunable_weights',
-           'prunable_layers', 'weight_of', 'n_parameters', 'check_sparsity', 'n_kept', 'topk_mask', 'Masks',
-           'masks_from_scores', 'is_pruned', 'zero_pruned_grads', 'zero_pruned_weights', 'keep_pruned']
+           'prunable_layers', 'weight_of', 'n_parameters', 'n_kept', 'topk_mask', 'Masks', 'masks_from_scores',
+           'is_pruned', 'zero_pruned_grads', 'zero_pruned_weights', 'keep_pruned']
 
 # %% ../nbs/00_masks.ipynb #doc-params
 def document_parameters(f, # a function or class whose parameters carry docments
@@ -148,16 +150,6 @@ def n_parameters(model:nn.Module, # any network
     return sum(p.numel() for p in model.parameters())
 
 # %% ../nbs/00_masks.ipynb #744c35ce
-def check_sparsity(sparsity:float, # fraction of prunable weights to remove, in [0, 1)
-                  ) -> float:
-    "Return `sparsity` as a float if it lies in [0, 1); raise a `ValueError` that says what to pass otherwise."
-    if isinstance(sparsity, Tensor) and sparsity.numel() == 1 and sparsity.is_floating_point():
-        sparsity = sparsity.item()
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be a number in [0, 1) (the fraction of prunable weights removed, "
-                         f"e.g. 0.99 keeps 1%), got {sparsity!r}")
-    return float(sparsity)
-
 def n_kept(m:int, # number of prunable weights
            sparsity:float, # fraction of them to remove, in [0, 1)
           ) -> int:

@@ -23,7 +23,7 @@ from .masks import *
 from .sensitivity import *
 from .speed import fast_topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
 from .densities import erk_mask, smart_ratio_mask   # the layer-density baselines
-from .options import SCHEDULE_MODES, SALIENCY_LOSS_NAMES, PRUNE_OPTIONS, takes, register_check   # each option declared once
+from .options import SCHEDULE_MODES, SALIENCY_LOSS_NAMES, PRUNE_OPTIONS, takes, like, register_check   # each option declared once
 from .sensitivity import _plain
 from .diagnose import *
 from .diagnose import _first_tensor
@@ -180,7 +180,7 @@ def get_method(name:str, # a key of `METHODS`, e.g. 'force'
 def check_method(name:str, # a method's name
                 ) -> str:
     "`name` if it is a registered method (the check of the `method` option), else `get_method`'s error."
-    if not isinstance(name, str): raise ValueError(f"a method is named by a string, a key of METHODS; got {name!r}")
+    if not isinstance(name, str): raise ValueError(f"method names are strings, keys of METHODS; got {name!r}")
     return get_method(name).name
 register_check('method', check_method)   # the `method` option's check (`force_edu.options`) reads this registry
 
@@ -190,7 +190,8 @@ class PruningJob:
     "Validated inputs of one `prune_at_init` call, and the helpers every method shares."
     @takes(PRUNE_OPTIONS)
     def __init__(self, model:nn.Module, # the network at initialisation (never modified)
-                 batches:Iterable|None, # (x, y) batches, consumed once in order (`None` for data-free methods)
+                 batches:Iterable|None, # (x, y) batches on any device: a DataLoader, a list, a generator (`None`: data-free)
+                 *,
                  layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
                  progress:bool=False, # show a `fastprogress` bar over the steps
                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
@@ -435,24 +436,16 @@ def _cudnn_deterministic(enabled:bool, # False: a no-op (the CPU path)
     finally: cudnn.deterministic, cudnn.benchmark = prev
 
 @document_parameters
-@takes(PRUNE_OPTIONS, check=False)   # `PruningJob` checks them
-def prune_at_init(model:nn.Module, # the network at initialisation (not modified)
-                  batches:Iterable|None, # (x, y) batches on any device: a DataLoader, a list, a generator
-                  layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-                  progress:bool=False, # show a `fastprogress` bar over the steps
-                  on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
-                  input_shape:tuple|None=None, # input shape without the batch dimension, for SynFlow without batches
-                  **options, # `PRUNE_OPTIONS`: sparsity, method, steps, mode, loss_func, bn_mode, temperature, seed, ...
-                 ) -> Masks:
+@like(PruningJob.__init__)   # its parameters: the network, the batches, and the options it checks
+def prune_at_init(**args) -> Masks:
     "Compute a pruning mask for `model` at initialisation with `method`; the model is left unchanged."
     with torch.inference_mode(False):   # also works when called under `torch.inference_mode()`
-        job = PruningJob(model, batches, layer_types=layer_types, progress=progress, on_step=on_step,
-                         input_shape=input_shape, **options)
+        job = PruningJob(**args)
         method, bn_mode = job.method.name, job.loss.bn_mode
-        if job.k == job.m: return Masks.ones_like(model, layer_types)
+        if job.k == job.m: return Masks.ones_like(job.model, args['layer_types'])
         on_cuda = any(t.is_cuda for t in job.theta)
         first_order = [n for n, m in METHODS.items() if not m.second_order and m.uses_data]
-        with (saliency_mode(model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda),
+        with (saliency_mode(job.model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda),
               math_attention(job.method.second_order), explain_missing_derivatives(method, job.method.second_order, first_order)):
             flat = job.method.run(job)
         if job.invert and job.n_ranked == 0:

@@ -19,23 +19,15 @@ from fastcore.basics import patch
 
 from .masks import *
 from .masks import _holders_of
+from .options import BN_MODES, check_bn_mode   # declared once, with every other option
+
 
 # %% auto #0
-__all__ = ['BN_MODES', 'check_bn_mode', 'saliency_mode', 'to_device', 'MaskedLoss', 'connection_sensitivity', 'force_objective',
-           'gradient_norm', 'hessian_gradient_product', 'raw_logit_nll']
+__all__ = ['saliency_mode', 'to_device', 'MaskedLoss', 'connection_sensitivity', 'force_objective', 'gradient_norm',
+           'hessian_gradient_product', 'raw_logit_nll']
 
 # %% ../nbs/01_sensitivity.ipynb #c64871b7
-BN_MODES = ('train', 'eval')
-
 def _bn_layers(model): return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-def check_bn_mode(bn_mode:str, # the BatchNorm mode to validate: 'train' or 'eval'
-                 ) -> str:
-    "Raise a `ValueError` unless `bn_mode` is 'train' or 'eval'."
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be 'train' (BatchNorm uses batch statistics, as the paper's code) "
-                         f"or 'eval' (running statistics: the identity at initialisation), got {bn_mode!r}")
-    return bn_mode
 
 @contextmanager
 def saliency_mode(model:nn.Module, # the network whose saliencies are computed
@@ -191,6 +183,12 @@ def connection_sensitivity(
     g = ml.grads(_as_list(batches), masks)
     return {n: t * gi for n, t, gi in zip(ml.names, ml.theta, g)}
 
+def _grads_at(model, masks, batches, loss_func, bn_mode):
+    "The `MaskedLoss` of `model`, the mask as one tensor per layer, and $\\nabla L(\\theta \\odot c)$ over `batches`."
+    ml = MaskedLoss(model, loss_func, _types_of(model, masks), bn_mode)
+    cs = ml.mask_list(masks)
+    return ml, cs, ml.grads(_as_list(batches), cs)
+
 def force_objective(model:nn.Module, # the network (not modified)
                     masks:Masks, # the mask $c$
                     batches:Iterable, # (x, y) batches to average the loss over
@@ -199,9 +197,7 @@ def force_objective(model:nn.Module, # the network (not modified)
                    ) -> float:
     ("$S(\\theta, c) = \\sum_{i \\in \\mathrm{supp}(c)} |\\theta_i \\nabla L(\\theta \\odot c)_i|$, "
      "the FORCE objective (eq. 6).")
-    ml = MaskedLoss(model, loss_func, _types_of(model, masks), bn_mode)
-    cs = ml.mask_list(masks)
-    g = ml.grads(_as_list(batches), cs)
+    ml, cs, g = _grads_at(model, masks, batches, loss_func, bn_mode)
     return float(sum((t * gi).abs()[ci].sum() for t, gi, ci in zip(ml.theta, g, cs)))
 
 def gradient_norm(model:nn.Module, # the network (not modified)
@@ -212,9 +208,7 @@ def gradient_norm(model:nn.Module, # the network (not modified)
                  ) -> float:
     ("$\\|c \\odot \\nabla L(\\theta \\odot c)\\|_2$ over the prunable weights: "
      "the gradient norm after pruning (Fig. 6b).")
-    ml = MaskedLoss(model, loss_func, _types_of(model, masks), bn_mode)
-    cs = ml.mask_list(masks)
-    g = ml.grads(_as_list(batches), cs)
+    _, cs, g = _grads_at(model, masks, batches, loss_func, bn_mode)
     return float(torch.sqrt(sum(((gi if ci is None else gi * ci) ** 2).sum() for gi, ci in zip(g, cs))))
 
 def _types_of(model, masks):

@@ -302,15 +302,6 @@ class _MaskedWeights(TorchFunctionMode):
 class FastMaskedLoss(MaskedLoss):
     ("`MaskedLoss` whose `grads` keeps no masked copy of the weights for the backward pass (recomputed there); "
      "the same results.")
-    def __init__(
-        self,
-        model:nn.Module, # the network; it is never modified
-        loss_func=F.cross_entropy, # `loss_func(output, target)` -> scalar, e.g. fastai's `learn.loss_func`
-        layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-        bn_mode:str='train', # BatchNorm mode while the loss is evaluated (see `saliency_mode`)
-    ):
-        super().__init__(model, loss_func, layer_types, bn_mode)
-
     def pruned_weights(self, c=None) -> list[Tensor]:
         "$\\bar\\theta = \\theta \\odot c$, one new leaf tensor per layer (multiplied by `_times_mask`)."
         return [(t if ci is None else _times_mask(t, ci)).detach() for t, ci in zip(self.theta, self.mask_list(c))]

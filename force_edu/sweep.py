@@ -92,13 +92,13 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
     from fastai.torch_core import set_seed
     import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
     if method == 'dense' and ablation != 'none': raise ValueError(f"ablation {ablation!r} needs a pruning method, not 'dense'")
-    set_seed(seed)
-    for dl in (dls.train, dls.valid): dl.rng = random.Random(seed)   # the same batch order for every method of a seed
-    model = make_model(cfg['arch'], n_in, len(dls.vocab), cfg['width'])
     pf = pruning_fields(method, cfg)
     cb = None if method == 'dense' else PruneAtInitCallback(   # the run's ablation is an option of the pruning
         sparsity, method, **{k: v for k, v in pf.items() if v is not None and k != 'loss'}, loss_func=pf['loss'],
         seed=seed, ablation=ablation, init=kaiming_init, progress=False, verbose=False)
+    set_seed(seed)
+    for dl in (dls.train, dls.valid): dl.rng = random.Random(seed)   # the same batch order for every method of a seed
+    model = make_model(cfg['arch'], n_in, len(dls.vocab), cfg['width'])
     label = method if ablation == 'none' else f"{method} ({ablation})"
     cbs = [c for c in (cb, None if mb is None else _run_bar(mb, f"{label} {sparsity:g} seed {seed}")) if c is not None]
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, path=path, cbs=cbs)
@@ -139,6 +139,8 @@ class Sweep:
         methods, sparsities = [m for m in o['methods'] if m != 'dense'], sorted(s for s in o['sparsities'] if s > 0)
         if methods and not sparsities: raise ValueError("no sparsity in (0, 1) given: pass e.g. sparsities=[0.9, 0.99]")
         if not methods and not dense: raise ValueError("nothing to run: pass at least one method (or dense=True)")
+        if not o['seeds']: raise ValueError("pass at least one seed")
+        if not o['ablation']: raise ValueError("pass at least one ablation ('none': the masks as chosen)")
         for meth in methods:   # a bad value fails here; data-free methods ignore the temperature
             if get_method(meth).uses_data: check_temperature(o['temperature'], get_method(meth))
         if o['temperature'] is not None and not any(get_method(m).uses_data for m in methods):

@@ -211,7 +211,7 @@ def test_output_depends_on_input_ignores_other_examples():
 
 
 def test_help_lists_parameters_and_defaults():
-    for obj, must in ((prune_at_init, ['steps: int | None', 'default_steps', '300', 'layer_types']),
+    for obj, must in ((prune_at_init, ['steps: int | None', "the method's own", '300', 'layer_types']),
                       (Masks.apply, ['model: nn.Module']), (keep_pruned, ['optimizer']),
                       (ForceCallback, ['sparsity: float', "(default: 'exp')", 'temperature'])):
         text = pydoc.render_doc(obj, renderer=pydoc.plaintext)

@@ -91,10 +91,10 @@ def test_demo_leaves_nothing_behind(tmp_path):
 def test_demo_out_keeps_its_files(tmp_path, monkeypatch):
     "With `out` the masks and the table stay there; without it the temporary folder goes, also when a run fails."
     import tempfile
-    import force_edu.callback as cb
+    import force_edu.demo as cb
     from force_edu.masks import Masks
     import torch.nn as nn
-    def fake_run(run, sparsity, epochs, out, *a):   # the folder logic, without training
+    def fake_run(run, out='.', sparsity=0.99, **options):   # the folder logic, without training
         (Path(out)/'models').mkdir(exist_ok=True); (Path(out)/'models'/'x.pth').write_text('weights')
         m = None if run == 'dense' else Masks.ones_like(nn.Linear(4, 2))
         return dict(method=run, sparsity=0. if run == 'dense' else sparsity, dead_layers=0, accuracy=0.5, prune_s=0., train_s=0., masks=m)
@@ -106,7 +106,7 @@ def test_demo_out_keeps_its_files(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
     cb.run_demo(epochs=1, verbose=False)
     assert list(scratch.iterdir()) == []
-    monkeypatch.setattr(cb, 'demo_run', lambda *a: 1 / 0)
+    monkeypatch.setattr(cb, 'demo_run', lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError): cb.run_demo(epochs=1, verbose=False)
     assert list(scratch.iterdir()) == []
 
@@ -136,35 +136,34 @@ def test_help_and_errors_do_not_import_torch(args):
     assert cpu < 0.5, f"{' '.join(args)} took {cpu:.2f} s of CPU"
 
 def test_help_lists_valid_values_and_no_flag_defaults():
+    from force_edu.options import package_methods, SALIENCY_LOSS_NAMES, ABLATION_CHOICES, BN_MODES, SCHEDULE_MODES
     demo, sweep = run('demo', '--help').stdout, run('sweep', '--help').stdout
     flat = lambda t: ' '.join(t.split())
-    for name in cli.METHOD_NAMES: assert f' {name},' in flat(demo) or f' {name} ' in flat(demo), name
-    for names in (cli.METHOD_NAMES, cli.LOSS_NAMES, cli.ABLATIONS, cli.BN_MODES, cli.SCHEDULE_MODES):
-        assert ', '.join(names) in flat(sweep), names
+    for names in (SALIENCY_LOSS_NAMES, ABLATION_CHOICES, BN_MODES, SCHEDULE_MODES): assert ', '.join(names) in flat(sweep), names
+    assert 'force-edu methods' in flat(demo) and 'force-edu methods' in flat(sweep)   # where the method names are listed
     assert '(default: True)' not in sweep and '(default: False)' not in sweep
     assert 'in [0, 1)' in flat(sweep) and '(0, 1)' not in sweep   # the help says what the error says
 
-def test_static_lists_equal_their_sources():
-    "The valid values `force_edu.cli` lists without importing torch are those of the modules that define them."
-    from force_edu.methods import METHODS, SCHEDULE_MODES
-    from force_edu.sensitivity import BN_MODES
-    from force_edu.sweep import LOSSES, SWEEP_ABLATIONS
-    from force_edu.data import FASHION_MNIST_PATH
-    assert cli.METHOD_NAMES == tuple(METHODS)
-    assert (cli.SCHEDULE_MODES, cli.BN_MODES) == (tuple(SCHEDULE_MODES), tuple(BN_MODES))
-    assert (cli.LOSS_NAMES, cli.ABLATIONS) == (tuple(LOSSES), tuple(SWEEP_ABLATIONS))
-    assert cli.FASHION_MNIST_DIR == str(FASHION_MNIST_PATH)
+def test_methods_lists_the_registry():
+    "`force-edu methods` lists the registry; the command line reads the package's names from its source, without torch."
+    from force_edu.methods import METHODS
+    from force_edu.options import package_methods
+    assert package_methods() == tuple(METHODS)   # the static reading finds every registration, in order
+    out = run('methods').stdout
+    assert [l.split()[0] for l in out.splitlines()] == list(METHODS)
 
 def _defaults(name): return vars(COMMANDS[name].parser(name).parse_args([]))
-def _params(f): return {k: p.default for k, p in inspect.signature(inspect.unwrap(f)).parameters.items()}
+def _params(f): return {k: p.default for k, p in inspect.signature(f).parameters.items()}
 
 def test_options_are_the_arguments_of_the_functions_they_run():
+    "A parse of nothing gives the defaults of the function the subcommand runs: both are made from one declaration."
     from force_edu.sweep import sweep
-    from force_edu.callback import run_demo
-    assert _defaults('sweep') == _params(sweep)
+    from force_edu.demo import run_demo
+    from force_edu.options import SWEEP_COMMAND, DEMO_OPTIONS
+    assert _defaults('sweep') == {k: v for k, v in _params(sweep).items() if SWEEP_COMMAND[k].cli}
     rd = _params(run_demo)
     assert _defaults('demo') == {k: rd[k] for k in _defaults('demo')}
-    assert _defaults('demo') == {**cli.DEMO_DEFAULTS, 'out': None}
+    assert set(_defaults('demo')) == {n for n, o in DEMO_OPTIONS.items() if o.cli}
 
 def test_sweep_parses_lists_and_flags():
     p = COMMANDS['sweep'].parser('sweep')

@@ -37,7 +37,7 @@ def test_mask_file(expected):
 
 def test_old_state_dict_into_a_fresh_model(expected):
     "An old pruned state dict: `weight` is `weight_orig * weight_mask`, the masks are its `weight_mask`s."
-    from force_edu.callback import _upgrade_state
+    from force_edu.checkpoints import _upgrade_state
     old = torch.load(DATA/'legacy_state_dict.pt', weights_only=True)
     assert '0.weight_orig' in old and '0.weight_mask' in old
     state, masks = _upgrade_state(old)

@@ -379,36 +379,40 @@ def test_committed_records_keep_their_run_keys():
     assert n > 100
 
 
-def test_ablated_prune_shuffles_or_redraws_in_place():
-    from force_edu.sweep import _ablated_prune, kaiming_init
-    model = kaiming_init(cnn())
-    chosen = erk_mask(model, 150, seed=0)
-    keep = copy_masks(chosen)
-    prune = lambda m, dl: chosen
-    before = {n: t.clone() for n, t in model.state_dict().items()}
-    masks = _ablated_prune(prune, 'shuffle', 7)(model, None)
-    assert masks.layer_kept() == keep.layer_kept() and masks != keep and chosen == keep
-    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())   # shuffling leaves the model as it was
-    params = [id(p) for p in model.parameters()]
-    masks = _ablated_prune(prune, 'reinit', 7)(model, None)
-    assert masks == keep and chosen == keep
-    assert [id(p) for p in model.parameters()] == params                              # the same parameters, new values
-    for n, t in model.state_dict().items():
-        assert torch.equal(before[n], t) != (n in ('0.weight', '3.weight', '7.weight')), n
-
-
-def test_callback_prune_matches_the_callback_and_inverts():
+def _callback(method, ablation, **kw):
     from types import SimpleNamespace
     import torch.nn.functional as F
     from force_edu.callback import PruneAtInitCallback
-    from force_edu.sweep import _callback_prune
+    from force_edu.sweep import kaiming_init
+    cb = PruneAtInitCallback(0.9, method, seed=0, ablation=ablation, init=kaiming_init, progress=False, verbose=False, **kw)
+    cb.learn = SimpleNamespace(loss_func=F.cross_entropy)   # what a Learner would hold; the callback reads it
+    return cb
+
+def test_callback_ablation_shuffles_or_redraws_in_place():
+    "The run's ablation, applied by the callback after the method: the shuffled mask, or the same mask on new weights."
+    from force_edu.callback import ABLATION_SEED_OFFSET
+    from force_edu.sweep import kaiming_init
+    model, bs = kaiming_init(cnn()), digit_batches(1)
+    chosen = prune_at_init(model, bs, 0.9, 'magnitude')
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    masks = _callback(  'magnitude', 'shuffle')._prune(model, bs)
+    assert masks == ablate(chosen, model, 'shuffle', ABLATION_SEED_OFFSET)[0]   # seed 0 + the offset
+    assert masks.layer_kept() == chosen.layer_kept() and masks != chosen
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())   # shuffling leaves the model as it was
+    params = [id(p) for p in model.parameters()]
+    new = ablate(chosen, model, 'reinit', ABLATION_SEED_OFFSET, init=kaiming_init)[1]
+    assert _callback('magnitude', 'reinit')._prune(model, bs) == chosen
+    assert [id(p) for p in model.parameters()] == params                              # the same parameters, new values
+    for n, t in model.state_dict().items():
+        assert torch.equal(t, new.state_dict()[n])
+        assert torch.equal(before[n], t) != (n in ('0.weight', '3.weight', '7.weight')), n
+
+def test_callback_ablation_inverts():
+    import torch.nn.functional as F
     model, bs = cnn(), digit_batches(2)
     for method in ('snip', 'iter_snip'):
-        cb = PruneAtInitCallback(0.9, method, steps=3, loss_func=F.cross_entropy, progress=False, verbose=False)
-        cb.learn = SimpleNamespace(loss_func=F.cross_entropy)   # what a Learner would hold; the callback reads it
-        own = cb._prune(model, bs)
-        assert _callback_prune(cb, invert=False)(model, bs) == own   # the same call as the callback's own
-        inv = _callback_prune(cb, invert=True)(model, bs)
+        own = _callback(method, 'none', steps=3, loss_func=F.cross_entropy)._prune(model, bs)
+        inv = _callback(method, 'invert', steps=3, loss_func=F.cross_entropy)._prune(model, bs)
         assert inv == prune_at_init(model, bs * 2, 0.9, method, steps=3, invert=True, loss_func=F.cross_entropy) and inv != own
 
 
@@ -417,5 +421,7 @@ def test_sweep_ablation_bad_input():
     base = dict(data='digits', arch='vgg', sparsities=[0.9], epochs=1, n_train=256, bs=64, width=4, steps=3)
     one_line_value_error(lambda: Sweep(**base, methods=['snip'], ablation='swap', out='/nonexistent/x'), 'ablation must be one or several of')
     one_line_value_error(lambda: Sweep(**base, methods=['random'], ablation=['shuffle'], out='/nonexistent/x'), 'has none')
-    one_line_value_error(lambda: train_run({}, 'random', 0.9, 0, None, 1, True, ablation='shuffle'), "needs a method that ranks scores")
-    one_line_value_error(lambda: train_run({}, 'snip', 0.9, 0, None, 1, True, ablation='invertt'), 'ablation must be one of')
+    cfg = dict(steps=None, mode='exp', batches_per_step=1, bn_mode='train', loss=None)
+    one_line_value_error(lambda: train_run(cfg, 'random', 0.9, 0, None, 1, True, ablation='shuffle'), "needs a method that ranks scores")
+    one_line_value_error(lambda: train_run(cfg, 'snip', 0.9, 0, None, 1, True, ablation='invertt'), 'ablation must be one of')
+    one_line_value_error(lambda: train_run(cfg, 'dense', 0, 0, None, 1, True, ablation='shuffle'), "needs a pruning method")

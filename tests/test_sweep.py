@@ -6,7 +6,7 @@ import json, re
 import pytest
 import torch
 import torch.nn as nn
-from fastcore.script import CliError, anno_parser
+from force_edu.cli import COMMANDS, CommandError
 
 import force_edu.sweep as fs
 from force_edu.sweep import ARCHS, Sweep, load_results, run_sweep, sweep
@@ -137,7 +137,7 @@ def no_training(monkeypatch):
     (dict(sparsities=[0.99999]), 'keeps round('),        # no weight of this network would be left
     (dict(steps=0), 'steps must be an integer >= 1'),
     (dict(steps=10**6), 'steps=1000000 is more than'),
-    (dict(seeds=[-1]), 'each seed must be an integer >= 0'),
+    (dict(seeds=[-1]), 'seeds must be an integer >= 0'),
     (dict(seeds=[]), 'at least one seed'),
     (dict(epochs=0), 'epochs must be an integer >= 1'),
     (dict(epochs=1.5), 'epochs must be an integer >= 1'),
@@ -156,7 +156,8 @@ def test_bad_arguments_rejected_before_anything_runs(tmp_path, no_training, kw, 
 
 
 def test_missing_data_rejected(tmp_path, no_training):
-    with pytest.raises(FileNotFoundError, match='neither'): _run(tmp_path, data=str(tmp_path/'nowhere'))
+    with pytest.raises(ValueError, match="data must be 'fashion-mnist', 'digits' or an existing folder"):
+        _run(tmp_path, data=str(tmp_path/'nowhere'))
     (tmp_path/'empty').mkdir()
     with pytest.raises(FileNotFoundError): _run(tmp_path, data=str(tmp_path/'empty'))
     assert not (tmp_path/'sw').exists()
@@ -178,15 +179,17 @@ def test_damaged_results_file_is_left_alone(tmp_path, no_training):
 
 
 def test_cli_errors_are_one_line(tmp_path, no_training):
-    with pytest.raises(CliError, match=r"^force-edu sweep: error: unknown pruning method 'forse'"):
+    with pytest.raises(ValueError, match=r"^unknown pruning method 'forse'"):   # the declared checks, as any call
         sweep(**{**KW, 'methods': ['forse'], 'out': str(tmp_path/'sw')})
-    with pytest.raises(CliError, match=r'^force-edu sweep: error: sparsity must be'):
+    with pytest.raises(ValueError, match=r'^sparsity must be'):
         sweep(**{**KW, 'sparsities': [1.0], 'out': str(tmp_path/'sw')})
+    with pytest.raises(CommandError, match=r"^force-edu sweep: error: unknown architecture 'vgg99'"):   # what Sweep finds
+        sweep(**{**KW, 'arch': 'vgg99', 'out': str(tmp_path/'sw')})
     assert not (tmp_path/'sw').exists()
 
 
 def test_cli_parses_lists():
-    p = anno_parser(sweep.__wrapped__, prog='force-edu sweep')
+    p = COMMANDS['sweep'].parser('sweep')
     a = vars(p.parse_args('--methods random snip --sparsities 0.9 0.99 0.998 --seeds 0 1 2 --no-dense --n-train 100'.split()))
     assert (a['methods'], a['sparsities'], a['seeds'], a['dense'], a['n_train']) == (['random', 'snip'], [0.9, 0.99, 0.998],
                                                                                   [0, 1, 2], False, 100)
