@@ -34,11 +34,7 @@ from .checkpoints import *   # the Learner's side of a pruned model: pruning_mas
 
 # %% auto #0
 __all__ = ['SHORT_EPOCHS', 'ABLATION_SEED_OFFSET', 'check_prune_args', 'default_saliency_loss', 'KeepPrunedCallback',
-           'PruneAtInitCallback', 'ForceCallback', 'masks_path', 'broadcast_masks']
-
-# %% ../nbs/04_callback.ipynb #callback-reexports
-_all_ = ['masks_path', 'broadcast_masks']   # defined in `checkpoints` and `distributed`, still importable from here
-
+           'PruneAtInitCallback', 'ForceCallback']
 
 # %% ../nbs/04_callback.ipynb #49899b15
 @takes(RUN_OPTIONS)
