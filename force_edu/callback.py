@@ -231,6 +231,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
             if err is not None: raise err
             raise
 
+@document_parameters
 class ForceCallback(PruneAtInitCallback):
     "FORCE (Algorithm 1): progressive pruning at initialization, pruned weights may come back; `PruneAtInitCallback`'s options."
     __init__ = reordered(PruneAtInitCallback.__init__, ('sparsity', 'steps', 'mode', 'batches_per_step', 'method'))

@@ -33,6 +33,7 @@ def document_parameters(f, # a function or class whose parameters carry docments
     ("Append a 'Parameters' section built from `f`'s docments (the comment after each parameter) to its docstring, "
      "so `help(f)` lists every parameter with its meaning and default; "
      "`show_doc` leaves the section out, its table says the same.")
+    import typing
     from fastcore.docments import docments, _type_str
     try: d = docments(f.__init__ if isinstance(f, type) else f, full=True)
     except (OSError, TypeError):
@@ -41,7 +42,8 @@ def document_parameters(f, # a function or class whose parameters carry docments
     for n, v in d.items():
         if n in ('return', 'self') or v['anno'] is inspect.Parameter.empty and v['docment'] is None: continue
         default = '' if v['default'] is inspect.Parameter.empty else f" (default: {v['default']!r})"
-        rows += [f"{n}: {_type_str(v['anno'])}", f"    {v['docment'] or ''}{default}"]
+        anno = typing.get_args(v['anno'])[0] if typing.get_origin(v['anno']) is typing.Annotated else v['anno']
+        rows += [f"{n}: {_type_str(anno)}", f"    {v['docment'] or ''}{default}"]   # a declared option: its type
     if rows: f.__doc__ = (f.__doc__ or '').rstrip() + "\n\nParameters\n----------\n" + '\n'.join(rows)
     return f
 

@@ -19,7 +19,7 @@ from fastcore.basics import patch
 
 from .masks import *
 from .masks import _holders_of
-from .options import BN_MODES, check_bn_mode   # declared once, with every other option
+from .options import BN_MODES, check_bn_mode, like   # declared once, with every other option
 
 
 # %% auto #0
@@ -200,14 +200,10 @@ def force_objective(model:nn.Module, # the network (not modified)
     ml, cs, g = _grads_at(model, masks, batches, loss_func, bn_mode)
     return float(sum((t * gi).abs()[ci].sum() for t, gi, ci in zip(ml.theta, g, cs)))
 
-def gradient_norm(model:nn.Module, # the network (not modified)
-                  masks:Masks|None, # the mask $c$ (`None`: dense)
-                  batches:Iterable, # (x, y) batches to average the loss over
-                  loss_func=F.cross_entropy, # `loss_func(output, target)`
-                  bn_mode:str='train', # BatchNorm mode during the computation
-                 ) -> float:
+@like(force_objective, drop=())   # the same parameters; `masks=None` is the dense network
+def gradient_norm(model, masks, batches, loss_func, bn_mode) -> float:
     ("$\\|c \\odot \\nabla L(\\theta \\odot c)\\|_2$ over the prunable weights: "
-     "the gradient norm after pruning (Fig. 6b).")
+     "the gradient norm after pruning (Fig. 6b; `masks=None`: before pruning).")
     _, cs, g = _grads_at(model, masks, batches, loss_func, bn_mode)
     return float(torch.sqrt(sum(((gi if ci is None else gi * ci) ** 2).sum() for gi, ci in zip(g, cs))))
 

@@ -201,3 +201,15 @@ def test_cli_parses_lists():
 def test_sparsity_zero_means_the_dense_run(tmp_path, runs):
     _run(tmp_path, methods=['snip'], sparsities=[0, 0.5], dense=False)
     assert runs == [('dense', 0., 0), ('snip', 0.5, 0)]
+
+
+def test_committed_records_keep_their_keys():
+    "Every committed record's run key as the code before the options were declared once computed it: per study, the hash"
+    " of its first records' keys in file order (a sweep appends). A change to `run_key`, or to a default it resolves, fails."
+    import hashlib, pathlib
+    root = pathlib.Path(__file__).parents[1]/'nbs'/'tutorials'/'sweeps'
+    pinned = {'fmnist_resnet': (111, '7899574c07823a11'), 'fmnist_vgg': (111, 'db9ce6a11267b647'),
+              'fmnist_vgg_steps': (30, '93ac0424e46a1f4a'), 'fmnist_vgg_study': (222, '831ee27225b01312')}
+    for study, (n, h) in pinned.items():
+        keys = [fs.run_key(r) for r in load_results(root/study/'results.json')][:n]
+        assert len(keys) == n and hashlib.sha1('\n'.join(keys).encode()).hexdigest()[:16] == h, study
