@@ -9,8 +9,8 @@ from __future__ import annotations
 import math, random, time, warnings
 from collections.abc import Callable
 
-# fastai 2.8 decorates a few functions with `torch.jit.script` at import, which recent PyTorch deprecates with a FutureWarning
-# on stderr: noise for every user of fastai (and in `force-edu demo`'s output) that nobody here can act on
+# fastai 2.8 decorates a few functions with `torch.jit.script` at import, which recent PyTorch deprecates with a
+# FutureWarning on stderr: noise for every user of fastai (and in `force-edu demo`'s output) that nobody here can act on
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
 
 import torch
@@ -49,7 +49,8 @@ def check_prune_args(**options, # `RUN_OPTIONS`, each checked by its declaration
 _MOVED = {'run_demo': 'force_edu.demo', 'demo_run': 'force_edu.demo', 'demo': 'force_edu.demo'}
 
 def __getattr__(name):
-    "The demo moved to `force_edu.demo` (the callback module imports no data set): its old names still work, with a warning."
+    ("The demo moved to `force_edu.demo` (the callback module imports no data set): "
+     "its old names still work, with a warning.")
     if name not in _MOVED: raise AttributeError(f"module 'force_edu.callback' has no attribute {name!r}")
     warnings.warn(f"force_edu.callback.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
     import importlib
@@ -66,23 +67,29 @@ def _plain_cross_entropy(f) -> bool:
 def default_saliency_loss(train_loss:Callable, # the learner's loss, `learn.loss_func`
                           method:str='force', # the pruning method, a key of `METHODS`
                          ) -> Callable:
-    "The saliency loss of the pruning callbacks when `loss_func=None`: NLL of the raw logits for a method whose `default_loss` it is and a `train_loss` that is plain cross-entropy, else `train_loss`."
+    ("The saliency loss of the pruning callbacks when `loss_func=None`: NLL of the raw logits for a method whose "
+     "`default_loss` it is and a `train_loss` that is plain cross-entropy, else `train_loss`.")
     f = getattr(train_loss, 'func', train_loss)   # fastai's `BaseLoss` wraps the PyTorch loss as `.func`
     if get_method(method).default_loss != 'raw_nll' or not _plain_cross_entropy(f): return train_loss
     if isinstance(train_loss, BaseLoss):   # flatten the output and target as the learner's loss does
-        return BaseLoss(nn.NLLLoss, axis=train_loss.axis, flatten=train_loss.flatten, floatify=train_loss.floatify, is_2d=train_loss.is_2d)
+        return BaseLoss(nn.NLLLoss, axis=train_loss.axis, flatten=train_loss.flatten, floatify=train_loss.floatify,
+                        is_2d=train_loss.is_2d)
     return raw_logit_nll
 
 # %% ../nbs/04_callback.ipynb #7234d920
 def _dl_desc(dl):
-    parts = [f"{k}={getattr(dl, a)!r}" for k, a in (('items', 'n'), ('bs', 'bs'), ('drop_last', 'drop_last')) if hasattr(dl, a)]
+    parts = [f"{k}={getattr(dl, a)!r}" for k, a in (('items', 'n'), ('bs', 'bs'), ('drop_last', 'drop_last'))
+             if hasattr(dl, a)]
     return ', '.join(parts) or type(dl).__name__
 
 class KeepPrunedCallback(Callback):
-    "Keep the pruned weights of `learn.model` exactly 0: their gradients are zeroed after each backward pass, the weights after each step."
-    order = -5   # after TrainEvalCallback (-10); before GradientAccumulation (6), MixedPrecision (10), DistributedTrainer (11)
+    ("Keep the pruned weights of `learn.model` exactly 0: their gradients are zeroed after each backward pass, "
+     "the weights after each step.")
+    # after TrainEvalCallback (-10); before GradientAccumulation (6), MixedPrecision (10), DistributedTrainer (11)
+    order = -5
     def after_backward(self):
-        "Zero the gradient of every pruned weight (after DDP's all-reduce, before any clipping or `GradScaler` unscaling)."
+        ("Zero the gradient of every pruned weight "
+         "(after DDP's all-reduce, before any clipping or `GradScaler` unscaling).")
         zero_pruned_grads(get_model(self.learn.model))
     def after_step(self):
         "Zero every pruned weight: whatever the optimizer and its state did, a pruned weight is 0 after each step."
@@ -90,21 +97,25 @@ class KeepPrunedCallback(Callback):
 
 SHORT_EPOCHS = 3   # fewer epochs than this after pruning to >= 95% sparsity: the callback says what to expect
 
-ABLATION_SEED_OFFSET = 1_000_003   # an ablation's shuffle or new weights are drawn with seed + this, never the seed itself
+# an ablation's shuffle or new weights are drawn with seed + this, never the seed itself
+ABLATION_SEED_OFFSET = 1_000_003
 
 @document_parameters
 class PruneAtInitCallback(KeepPrunedCallback):
-    "Prune `learn.model` at the first `before_fit` with `prune_at_init` (and the run's `ablation`); later fits keep the mask."
-    order = -5   # after TrainEvalCallback (-10) moved the model; before MixedPrecision (10), DistributedTrainer (11), LRFinder (60)
+    ("Prune `learn.model` at the first `before_fit` with `prune_at_init` (and the run's `ablation`); "
+     "later fits keep the mask.")
+    # after TrainEvalCallback (-10) moved the model; before MixedPrecision (10), DistributedTrainer (11), LRFinder (60)
+    order = -5
     @takes(RUN_OPTIONS)
-    def __init__(self, *,
-                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-                 progress:bool=True, # show a `fastprogress` bar over the pruning steps (where the learner shows its bars)
-                 verbose:bool=True, # print the one-line summary (on rank 0 only)
-                 on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each pruning step (may raise to interrupt)
-                 init:Callable|None=None, # for `ablation='reinit'`: `init(model)` draws new weights in place; `None`: `reset_parameters()`
-                 **options, # `RUN_OPTIONS`: sparsity, method, steps, ..., samples_per_class, ablation, each checked once
-                ):
+    def __init__(
+        self, *,
+        layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
+        progress:bool=True, # show a `fastprogress` bar over the pruning steps (where the learner shows its bars)
+        verbose:bool=True, # print the one-line summary (on rank 0 only)
+        on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each pruning step (may raise to interrupt)
+        init:Callable|None=None, # `ablation='reinit'`: `init(model)` redraws in place; `None`: `reset_parameters()`
+        **options, # `RUN_OPTIONS`: sparsity, method, steps, ..., samples_per_class, ablation, each checked once
+    ):
         meth = get_method(options['method'])
         check_temperature(options['temperature'], meth)
         if options['ablation'] != 'none' and not meth.scored:
@@ -113,24 +124,29 @@ class PruneAtInitCallback(KeepPrunedCallback):
         self.options = options
         store_attr('layer_types,progress,verbose,on_step,init'); store_attr(**options)
         self.masks, self.report = None, None
-        self.epochs_trained, self._noted = 0, False   # epochs trained since this callback pruned (lr_find's fits not counted)
+        # epochs trained since this callback pruned (lr_find's fits not counted)
+        self.epochs_trained, self._noted = 0, False
 
     def before_fit(self):
         "Compute and apply the mask at the first fit; re-apply the same mask at later fits."
         model = get_model(self.learn.model)
         if self.masks is not None:
-            self.masks.apply(model)   # a no-op while the model carries it; converts a model pruned by an earlier version
+            # a no-op while the model carries it; converts a model pruned by an earlier version
+            self.masks.apply(model)
             self.learn._pruning_masks = self.masks
             return
         # an option set after construction (`cb.sparsity = 0.95`) is checked by its declaration too
         self.options = {n: o.check(getattr(self, n)) for n, o in RUN_OPTIONS.items()}
         layers = prunable_layers(model, self.layer_types)
-        if any(is_pruned(l) for l in layers.values()):   # e.g. `learn.load` of a pruned checkpoint, or a hand-applied mask
+        # e.g. `learn.load` of a pruned checkpoint, or a hand-applied mask
+        if any(is_pruned(l) for l in layers.values()):
             masks = Masks.from_model(model)
-            masks.apply(model)   # converts a layer pruned by an earlier version (`torch.nn.utils.prune`) to a plain weight
+            # converts a layer pruned by an earlier version (`torch.nn.utils.prune`) to a plain weight
+            masks.apply(model)
             self.masks = self.learn._pruning_masks = masks
             if self.verbose and not rank_distrib():
-                print(f"{type(self).__name__}: the model already carries a pruning mask; keeping it ({self.masks.summary()})")
+                print(f"{type(self).__name__}: the model already carries a pruning mask; "
+                      f"keeping it ({self.masks.summary()})")
             return
         dl = self.learn.dls.train
         try: n = len(dl)
@@ -151,12 +167,15 @@ class PruneAtInitCallback(KeepPrunedCallback):
     def _in_lr_find(self) -> bool: return any(type(cb).__name__ == 'LRFinder' for cb in self.learn.cbs)
     def after_train(self):
         "Count the epochs trained since pruning (not those of `lr_find`; `validate` and `get_preds` train none)."
-        if self.report is not None and not self._in_lr_find(): self.epochs_trained, self._trained = self.epochs_trained + 1, True
+        if self.report is not None and not self._in_lr_find():
+            self.epochs_trained, self._trained = self.epochs_trained + 1, True
     def after_fit(self):
-        "After the first real fit since pruning: a note when it trained fewer than `SHORT_EPOCHS` epochs at 95% sparsity or more."
+        ("After the first real fit since pruning: "
+         "a note when it trained fewer than `SHORT_EPOCHS` epochs at 95% sparsity or more.")
         trained, self._trained = getattr(self, '_trained', False), False
         if not trained or self._noted: return   # `validate` and `get_preds` run `after_fit` too
-        if getattr(self.learn.opt, 'frozen_idx', 0): return   # the frozen first phase of `fine_tune`: wait for the unfrozen fit
+        # the frozen first phase of `fine_tune`: wait for the unfrozen fit
+        if getattr(self.learn.opt, 'frozen_idx', 0): return
         self._noted = True
         note = self.short_training_note()
         if note and self.verbose and not rank_distrib(): print(note)
@@ -165,9 +184,10 @@ class PruneAtInitCallback(KeepPrunedCallback):
         "What to expect after training a very sparse network for few epochs (`None` when the training was not short)."
         if self.report is None or self.report['sparsity'] < 0.95 or self.epochs_trained >= SHORT_EPOCHS: return None
         n = self.epochs_trained
-        return (f"{type(self).__name__}: trained {n} epoch{'s' * (n != 1)} after pruning to sparsity {self.report['sparsity']:.2%}. "
-                f"A network this sparse often stays near chance for its first epochs: an accuracy near chance now more likely "
-                f"means 'train longer' (a few epochs more) than 'pruned wrong'.")
+        return (f"{type(self).__name__}: trained {n} epoch{'s' * (n != 1)} after pruning to sparsity "
+                f"{self.report['sparsity']:.2%}. "
+                f"A network this sparse often stays near chance for its first epochs: an accuracy near chance now "
+                f"more likely means 'train longer' (a few epochs more) than 'pruned wrong'.")
 
     def summary(self) -> str:
         "The one line printed after pruning."
@@ -178,8 +198,10 @@ class PruneAtInitCallback(KeepPrunedCallback):
         dead, c = self.masks.dead_layers, self.masks.coverage
         cov = f"; prunable: {c:.2%} of the model's parameters" if c else ""
         return (f"{type(self).__name__}: {self.method} ({how}) pruned to sparsity {r['sparsity']:.2%} "
-                f"({r['kept']:,} of {r['total']:,} prunable weights kept{cov}), {len(dead)} dead layer{'s' * (len(dead) != 1)}"
-                f"{' (' + ', '.join(dead[:3]) + ('...' if len(dead) > 3 else '') + ')' if dead else ''}, in {r['seconds']:.1f} s")
+                f"({r['kept']:,} of {r['total']:,} prunable weights kept{cov}), "
+                f"{len(dead)} dead layer{'s' * (len(dead) != 1)}"
+                f"{' (' + ', '.join(dead[:3]) + ('...' if len(dead) > 3 else '') + ')' if dead else ''}, "
+                f"in {r['seconds']:.1f} s")
 
     def _bars_on(self) -> bool:
         "Whether the learner draws bars now: `learn.no_bar()` (and `progress=False`) silence the pruning bar too."
@@ -187,21 +209,26 @@ class PruneAtInitCallback(KeepPrunedCallback):
         return any(isinstance(cb, ProgressCallback) for cb in self.learn.cbs)
 
     def _batches(self, dl):
-        "What the method scores: the training stream (class-balanced batches of it with `samples_per_class`); a probe if data-free."
+        ("What the method scores: the training stream (class-balanced batches of it with `samples_per_class`); "
+         "a probe if data-free.")
         if not get_method(self.method).uses_data: return self._probe(dl)
         if self.samples_per_class is None: return repeat_batches(dl)
         n_classes = getattr(self.learn.dls, 'c', None)
         if not isinstance(n_classes, int):
-            raise ValueError("samples_per_class needs the number of classes, `learn.dls.c`, which these DataLoaders lack")
+            raise ValueError("samples_per_class needs the number of classes, `learn.dls.c`, "
+                             "which these DataLoaders lack")
         return repeat_batches(BalancedBatches(dl, self.samples_per_class, n_classes))
 
     def _prune(self, model, dl) -> Masks:
-        "The run, in this order: its batches, `prune_at_init` (inverted with `ablation='invert'`), then a shuffle or new weights."
+        ("The run, in this order: its batches, `prune_at_init` (inverted with `ablation='invert'`), "
+         "then a shuffle or new weights.")
         lf = self.loss_func
-        lf = SALIENCY_LOSSES[lf] if isinstance(lf, str) else ifnone(lf, default_saliency_loss(self.learn.loss_func, self.method))
+        lf = (SALIENCY_LOSSES[lf] if isinstance(lf, str)
+              else ifnone(lf, default_saliency_loss(self.learn.loss_func, self.method)))
         def loss_func(out, y): return lf(out, y).as_subclass(Tensor)   # fastai's losses return a TensorBase
         opts = {k: v for k, v in self.options.items() if k in PRUNE_OPTIONS}
-        masks = prune_at_init(model, self._batches(dl), **{**opts, 'loss_func': loss_func, 'invert': self.ablation == 'invert'},
+        masks = prune_at_init(model, self._batches(dl),
+                              **{**opts, 'loss_func': loss_func, 'invert': self.ablation == 'invert'},
                               layer_types=self.layer_types,
                               progress=self.progress and self._bars_on(), on_step=self.on_step)
         if self.ablation in ('shuffle', 'reinit'):
@@ -212,11 +239,14 @@ class PruneAtInitCallback(KeepPrunedCallback):
         return masks
 
     def _probe(self, dl):
-        "For a data-free method: one validation batch in a list, which `prune_at_init` checks the mask with (`Masks.connected`) without consuming anything; the training batches and every random state stay as they were."
+        ("For a data-free method: one validation batch in a list, which `prune_at_init` checks the mask with "
+         "(`Masks.connected`) without consuming anything; "
+         "the training batches and every random state stay as they were.")
         state = random.getstate()
         try:
             with torch.random.fork_rng(devices=[]): return [self.learn.dls.valid.one_batch()]
-        except (AttributeError, IndexError, StopIteration, ValueError, TypeError): return repeat_batches(dl)   # no validation batch
+        except (AttributeError, IndexError, StopIteration, ValueError, TypeError):
+            return repeat_batches(dl)   # no validation batch
         finally: random.setstate(state)
 
     def _compute(self, model, dl):
@@ -233,6 +263,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
 
 @document_parameters
 class ForceCallback(PruneAtInitCallback):
-    "FORCE (Algorithm 1): progressive pruning at initialization, pruned weights may come back; `PruneAtInitCallback`'s options."
+    ("FORCE (Algorithm 1): progressive pruning at initialization, pruned weights may come back; "
+     "`PruneAtInitCallback`'s options.")
     __init__ = reordered(PruneAtInitCallback.__init__, ('sparsity', 'steps', 'mode', 'batches_per_step', 'method'))
 

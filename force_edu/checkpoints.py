@@ -74,7 +74,8 @@ def _torch_load(path):
     with torch.serialization.safe_globals(safe): return torch.load(path, map_location='cpu', weights_only=True)
 
 def _upgrade_state(state:dict) -> tuple[dict, Masks|None]:
-    "A state dict of a model pruned by `torch.nn.utils.prune` (`weight_orig`, `weight_mask`) as a plain one (`weight` = their product) and its masks; others unchanged, `None`."
+    ("A state dict of a model pruned by `torch.nn.utils.prune` (`weight_orig`, `weight_mask`) as a plain one "
+     "(`weight` = their product) and its masks; others unchanged, `None`.")
     if not any(k == 'weight_mask' or k.endswith('.weight_mask') for k in state): return state, None
     out, ms = {}, {}
     for k, v in state.items():
@@ -88,12 +89,16 @@ def _upgrade_state(state:dict) -> tuple[dict, Masks|None]:
     return out, Masks(ms)
 
 def _read_checkpoint(path) -> tuple[dict, Masks|None, bool]:
-    "`(state, masks, legacy)` of a checkpoint written by `Learner.save`: the state with plain `weight` keys, the masks saved beside it or held by an old-style pruned state dict (`None`: dense), and whether it was old-style."
+    ("`(state, masks, legacy)` of a checkpoint written by `Learner.save`: the state with plain `weight` keys, "
+     "the masks saved beside it or held by an old-style pruned state dict (`None`: dense), "
+     "and whether it was old-style.")
     try: state = _torch_load(path)
     except FileNotFoundError: raise
-    except Exception: state = None   # e.g. objects `weights_only` refuses: fastai's own `load` (with its kwargs) decides
+    except Exception:
+        state = None   # e.g. objects `weights_only` refuses: fastai's own `load` (with its kwargs) decides
     hasopt = isinstance(state, dict) and set(state) == {'model', 'opt'}
-    model_state, legacy = _upgrade_state(state['model'] if hasopt else state) if isinstance(state, dict) else (state, None)
+    model_state, legacy = (_upgrade_state(state['model'] if hasopt else state) if isinstance(state, dict)
+                           else (state, None))
     if legacy is not None: state = {'model': model_state, 'opt': state['opt']} if hasopt else model_state
     mp = masks_path(path)
     return state, (Masks.load(mp) if mp.exists() else legacy), legacy is not None
@@ -103,7 +108,8 @@ def _checkpoint_masks(path) -> Masks|None:
     return _read_checkpoint(path)[1]
 
 def _sync_masks(learn):
-    "After a load, `learn.pruning_masks` and the pruning callbacks follow the mask the model now carries, and a callback keeps it."
+    ("After a load, `learn.pruning_masks` and the pruning callbacks follow the mask the model now carries, "
+     "and a callback keeps it.")
     from force_edu.callback import KeepPrunedCallback, PruneAtInitCallback   # (the callback module imports this one)
     masks = _model_masks(get_model(learn.model))
     if masks is None: return
@@ -117,7 +123,8 @@ _fastai_load = getattr(Learner.load, '_fastai_load', Learner.load)
 @patch
 @delegates(load_model)
 def load(self:Learner, file, device=None, **kwargs):
-    "fastai's `Learner.load`; the checkpoint's masks (saved beside it, or in an old-style pruned checkpoint) are applied too"
+    ("fastai's `Learner.load`; the checkpoint's masks (saved beside it, or in an old-style pruned checkpoint) "
+     "are applied too")
     path = join_path_file(file, self.path/self.model_dir, ext='.pth')
     model = get_model(self.model)
     state, file_masks, legacy = _read_checkpoint(path)
@@ -126,7 +133,8 @@ def load(self:Learner, file, device=None, **kwargs):
     if file_masks is not None and old_masks is not None and old_masks != file_masks: old_masks.remove(model)
     try:
         if not legacy: _fastai_load(self, file, device=device, **kwargs)
-        else:   # written by force_edu before issue 17: fastai's own `load` of the same checkpoint with plain `weight` keys
+        else:
+            # written by force_edu before issue 17: fastai's own `load` of the same checkpoint with plain `weight` keys
             with tempfile.TemporaryDirectory() as d:
                 torch.save(state, Path(d)/'upgraded.pth')
                 _fastai_load(self, str(Path(d)/'upgraded'), device=device, **kwargs)

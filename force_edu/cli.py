@@ -26,11 +26,13 @@ class CommandError(Exception):
     "A value a subcommand rejects: `main` prints the message as one line and returns status 2."
 
 def _parse(o:Option):
-    "An argparse `type` for option `o`: the text converted as `o.type` says, then `o`'s check; its error says what to pass."
+    ("An argparse `type` for option `o`: the text converted as `o.type` says, then `o`'s check; "
+     "its error says what to pass.")
     conv = next((t for t in (int, float) if o.type in (t, t | None)), str)
     def f(text):
         try: v = conv(text)
-        except ValueError: raise argparse.ArgumentTypeError(f"{o.name} must be {o.cli_check.what}, got {text!r}") from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{o.name} must be {o.cli_check.what}, got {text!r}") from None
         try: return o.cli_check(v)
         except _Final as e: raise argparse.ArgumentTypeError(str(e)) from None
         except ValueError as e: raise argparse.ArgumentTypeError(f"{o.name} must be {e}, got {text!r}") from None
@@ -52,9 +54,10 @@ def option(p:argparse.ArgumentParser, # the parser to add to
           ):
     "Add option `--name` to `p`, its help ending with its valid values and its default."
     if choices: help += f"; {'one or more' if nargs else 'one'} of: {', '.join(choices)}"
-    if default is not None: help += f" (default: {' '.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
-    p.add_argument('--' + name.replace('_', '-'), dest=name, type=type, default=default, help=help.replace('%', '%%'), choices=choices,
-                   nargs=nargs, metavar=metavar or name.upper())
+    if default is not None:
+        help += f" (default: {' '.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
+    p.add_argument('--' + name.replace('_', '-'), dest=name, type=type, default=default, help=help.replace('%', '%%'),
+                   choices=choices, nargs=nargs, metavar=metavar or name.upper())
 
 def flag(p:argparse.ArgumentParser, # the parser to add to
          name:str, # the flag's name, `_` for `-`
@@ -74,7 +77,8 @@ def _metavar(o):
 def add_options(p:argparse.ArgumentParser, # the parser to add to
                 options:dict[str, Option], # declared options (`force_edu.options`); those with `cli=False` are left out
                ):
-    "Add every option of `options` to `p`: a value option with its check, or a flag for a boolean (`--no-x` if on by default)."
+    ("Add every option of `options` to `p`: a value option with its check, "
+     "or a flag for a boolean (`--no-x` if on by default).")
     for o in options.values():
         if not o.cli: continue
         if o.type is bool: flag(p, ('no_' if o.default else '') + o.name, o.help, dest=o.name)
@@ -85,7 +89,8 @@ def add_options(p:argparse.ArgumentParser, # the parser to add to
 
 # %% ../nbs/07_cli.ipynb #d2b21bd0
 class quiet_dependencies(warnings.catch_warnings):
-    "Context manager: inside it, the warnings that torch and fastai raise about themselves (not about your code) are not shown."
+    ("Context manager: inside it, the warnings that torch and fastai raise about themselves "
+     "(not about your code) are not shown.")
     def __enter__(self):
         res = super().__enter__()
         warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.* is deprecated', category=FutureWarning)
@@ -98,7 +103,8 @@ def heavy_import(name:str, # a module of this package, e.g. 'force_edu.sweep'
     with quiet_dependencies(): return importlib.import_module(name)
 
 class Command:
-    "A subcommand: a one-line summary, the options it takes (declared without importing torch) and the function that runs it."
+    ("A subcommand: a one-line summary, the options it takes (declared without importing torch) "
+     "and the function that runs it.")
     def __init__(self, summary:str, # one line, shown by `force-edu --help`
                  options, # `options(parser)` adds the subcommand's options to an `argparse` parser
                  run, # called with the parsed options as keyword arguments; or 'module:function', imported only to run
@@ -176,9 +182,11 @@ def methods_options(p:argparse.ArgumentParser, # the parser to add the options t
 COMMANDS = {
     'data': Command("List the data sets this machine has offline and how to load them.", data_options, data),
     'methods': Command("List the pruning methods, one line each.", methods_options, methods),
-    'demo': Command("Prune a ResNet-18 at initialization on the digits; compare with random pruning and the dense network.",
+    'demo': Command("Prune a ResNet-18 at initialization on the digits; "
+                    "compare with random pruning and the dense network.",
                     demo_options, 'force_edu.demo:run_demo'),   # the demo notebook
-    'sweep': Command("Prune at initialization, train and test every (method, sparsity, seed); plot accuracy against sparsity.",
+    'sweep': Command("Prune at initialization, train and test every (method, sparsity, seed); "
+                     "plot accuracy against sparsity.",
                      sweep_options, 'force_edu.sweep:sweep'),      # the sweep notebook
 }
 
@@ -203,12 +211,14 @@ def main(argv:list[str]|None=None, # the arguments after the program name (defau
         print(f"{PROG} {__version__}"); return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"{PROG}: unknown command {name!r}; the commands are: {', '.join(COMMANDS)} (see `{PROG} --help`).", file=sys.stderr)
+        print(f"{PROG}: unknown command {name!r}; the commands are: {', '.join(COMMANDS)} (see `{PROG} --help`).",
+              file=sys.stderr)
         return 2
     cmd = COMMANDS[name]
     try:
         args = vars(cmd.parser(name).parse_args(rest))   # --help and usage errors exit here, before torch is imported
-        with quiet_dependencies(): res = cmd.function()(**args)   # e.g. torchvision's import, when the sweep looks up --arch
+        # hides the warnings of e.g. torchvision's import, when the sweep looks up --arch
+        with quiet_dependencies(): res = cmd.function()(**args)
     except SystemExit as e:  # argparse's --help (0) and usage errors (2)
         if e.code is None or isinstance(e.code, int): return e.code or 0
         print(e.code, file=sys.stderr); return 2

@@ -25,21 +25,24 @@ def _steps_for(method, steps):
     m = get_method(method)
     return steps if m.iterative or m.default_steps > 1 else None
 
-_RUN = {n: o for n, o in DEMO_OPTIONS.items() if n not in ('method', 'out', 'threads')}   # what one row of the demo takes
+# what one row of the demo takes
+_RUN = {n: o for n, o in DEMO_OPTIONS.items() if n not in ('method', 'out', 'threads')}
 
 @takes(_RUN, positional=('sparsity',))
 def demo_run(method:str, # a key of `METHODS`, or 'dense' for no pruning
              out:str|Path='.', # `learn.path`: where fastai may write
              **options, # the demo's options (`DEMO_OPTIONS`): sparsity, epochs, size, steps, lr, bs, bn_mode, seed
             ) -> dict:
-    "One row of the demo: a `vision_learner` ResNet-18 on the digits, pruned by `method` (or dense), trained, evaluated."
+    ("One row of the demo: a `vision_learner` ResNet-18 on the digits, pruned by `method` (or dense), "
+     "trained, evaluated.")
     from fastai.vision.all import vision_learner, resnet18, accuracy, set_seed
     from force_edu.data import digits_dls
     o = options
     set_seed(o['seed'])   # the same initialization and data order for every method
     dls = digits_dls(size=o['size'] or 16, bs=o['bs'], seed=42)
-    cb = None if method == 'dense' else PruneAtInitCallback(o['sparsity'], method, steps=_steps_for(method, o['steps']),
-                                                             bn_mode=o['bn_mode'], seed=o['seed'], progress=False, verbose=False)
+    cb = None if method == 'dense' else PruneAtInitCallback(
+        o['sparsity'], method, steps=_steps_for(method, o['steps']),
+        bn_mode=o['bn_mode'], seed=o['seed'], progress=False, verbose=False)
     learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy, path=out, cbs=cb)
     with learn.no_bar(), learn.no_logging():
         t0 = time.perf_counter()
@@ -55,16 +58,20 @@ def demo_run(method:str, # a key of `METHODS`, or 'dense' for no pruning
 def run_demo(verbose:bool=True, # print progress lines and the table
              **options, # `DEMO_OPTIONS`: sparsity, method, epochs, out, size, steps, lr, bs, bn_mode, seed, threads
             ):
-    "Train a ResNet-18 on the digits pruned by `method`, pruned at random, and dense; return the results as a `DataFrame`."
+    ("Train a ResNet-18 on the digits pruned by `method`, pruned at random, and dense; "
+     "return the results as a `DataFrame`.")
     import pandas as pd
     o, method = options, options['method']
-    scratch = tempfile.TemporaryDirectory(prefix='force-edu-demo-') if o['out'] is None else None   # nothing left without `out`
+    # nothing left without `out`
+    scratch = tempfile.TemporaryDirectory(prefix='force-edu-demo-') if o['out'] is None else None
     out = Path(scratch.name if scratch else o['out'])
     out.mkdir(parents=True, exist_ok=True)
     say = print if verbose else (lambda *a, **k: None)
-    where = f"writing to {out}" if scratch is None else "files in a temporary folder, removed at the end (--out DIR keeps them)"
+    where = (f"writing to {out}" if scratch is None
+             else "files in a temporary folder, removed at the end (--out DIR keeps them)")
     size = o['size'] or 16
-    say(f"force-edu demo: resnet18 on the digits ({size}x{size}), sparsity {o['sparsity']}, {o['epochs']} epochs; {where}")
+    say(f"force-edu demo: resnet18 on the digits ({size}x{size}), sparsity {o['sparsity']}, "
+        f"{o['epochs']} epochs; {where}")
     old_threads = torch.get_num_threads()
     if o['threads']: torch.set_num_threads(o['threads'])
     rows = []
@@ -74,7 +81,8 @@ def run_demo(verbose:bool=True, # print progress lines and the table
             if r['masks'] is not None: r.pop('masks').save(out/f'{run}_mask.pt')
             else: r.pop('masks')
             rows.append(r)
-            say(f"  {run:10s} accuracy {r['accuracy']:.4f}  (pruning {r['prune_s']:.0f} s, training {r['train_s']:.0f} s)")
+            say(f"  {run:10s} accuracy {r['accuracy']:.4f}  "
+                f"(pruning {r['prune_s']:.0f} s, training {r['train_s']:.0f} s)")
         res = pd.DataFrame(rows).set_index('method')
         res.to_csv(out/'demo_results.csv')
     finally:

@@ -34,12 +34,14 @@ def layer_shapes(layers, # a `Masks`, a model (its prunable layers), or a mappin
     if isinstance(layers, nn.Module):
         return {k: torch.Size(weight_of(h).shape) for k, h in prunable_weights(layers).items()}
     if not isinstance(layers, Mapping):
-        raise ValueError(f"expected a Masks, a model or a mapping of layer name -> weight shape, got {type(layers).__name__}")
+        raise ValueError(f"expected a Masks, a model or a mapping of layer name -> weight shape, "
+                         f"got {type(layers).__name__}")
     out = {}
     for n, s in layers.items():
         s = tuple(s) if isinstance(s, (tuple, list, torch.Size)) else None
         if not s or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in s):
-            raise ValueError(f"layer {n!r}: a weight shape is a non-empty tuple of positive integers, got {layers[n]!r}")
+            raise ValueError(f"layer {n!r}: a weight shape is a non-empty tuple of positive integers, "
+                             f"got {layers[n]!r}")
         out[str(n)] = torch.Size(s)
     if not out: raise ValueError("no layer given: pass at least one layer name -> weight shape")
     return out
@@ -56,8 +58,10 @@ def random_layer_mask(layers, # the layers' weight shapes: a `Masks`, a model, o
                      ) -> Masks:
     "A mask keeping `counts[layer]` weights of every layer, at positions drawn uniformly at random within the layer."
     shapes = layer_shapes(layers)
-    if list(counts) != list(shapes): raise ValueError(f"the counts name other layers than the shapes: {list(counts)} vs {list(shapes)}")
-    g = torch.Generator().manual_seed(_check_seed(seed))   # one generator, layers in order: the same seed gives the same mask
+    if list(counts) != list(shapes):
+        raise ValueError(f"the counts name other layers than the shapes: {list(counts)} vs {list(shapes)}")
+    # one generator, layers in order: the same seed gives the same mask
+    g = torch.Generator().manual_seed(_check_seed(seed))
     out = {}
     for n, s in shapes.items():
         size, c = math.prod(s), counts[n]
@@ -69,20 +73,25 @@ def random_layer_mask(layers, # the layers' weight shapes: a `Masks`, a model, o
     return Masks(out)
 
 # %% ../nbs/21_densities.ipynb #6e025ce4
-def capped_densities(weights:Mapping[str, float], # layer name -> relative density (> 0): layer densities are proportional to it
-                     layers, # the layers' weight shapes (`Masks`, model or mapping), in the order of `weights`
-                     k:float, # number of weights to keep over these layers (may be fractional)
-                    ) -> dict[str, float]:
-    "Densities $\\min(1, c\\,w_l)$ keeping `k` weights in all: layers that would pass 1 are made dense and $c$ is re-solved for the rest, until none passes 1."
+def capped_densities(
+    weights:Mapping[str, float], # layer name -> relative density (> 0): layer densities are proportional to it
+    layers, # the layers' weight shapes (`Masks`, model or mapping), in the order of `weights`
+    k:float, # number of weights to keep over these layers (may be fractional)
+) -> dict[str, float]:
+    ("Densities $\\min(1, c\\,w_l)$ keeping `k` weights in all: layers that would pass 1 are made dense "
+     "and $c$ is re-solved for the rest, until none passes 1.")
     shapes = layer_shapes(layers)
-    if list(weights) != list(shapes): raise ValueError(f"the weights name other layers than the shapes: {list(weights)} vs {list(shapes)}")
+    if list(weights) != list(shapes):
+        raise ValueError(f"the weights name other layers than the shapes: {list(weights)} vs {list(shapes)}")
     w = [float(v) for v in weights.values()]
-    if not all(0 < v < math.inf for v in w): raise ValueError(f"relative densities are positive and finite, got {list(weights.values())}")
+    if not all(0 < v < math.inf for v in w):
+        raise ValueError(f"relative densities are positive and finite, got {list(weights.values())}")
     sizes = [math.prod(s) for s in shapes.values()]
     if not 0 <= k <= sum(sizes): raise ValueError(f"cannot keep k={k!r} of the {sum(sizes)} weights of these layers")
     dense = [False] * len(w)
     while True:
-        rest = k - sum(n for n, dn in zip(sizes, dense) if dn)                  # weights left for the layers not yet dense
+        # weights left for the layers not yet dense
+        rest = k - sum(n for n, dn in zip(sizes, dense) if dn)
         mass = sum(v * n for v, n, dn in zip(w, sizes, dense) if not dn)
         c = rest / mass if mass else 0.
         over = [i for i, v in enumerate(w) if not dense[i] and c * v >= 1]
@@ -95,18 +104,21 @@ def layer_counts(densities:Mapping[str, float], # layer name -> fraction of its 
                  layers, # the layers' weight shapes (`Masks`, model or mapping), in the order of `densities`
                  k:int, # total number of weights to keep; `sum(density * size)` must be within one weight of it
                 ) -> dict[str, int]:
-    "Whole numbers of weights per layer that add up to exactly `k`, none above the layer's size: largest-remainder rounding of `density * size`, ties to the earlier layer."
+    ("Whole numbers of weights per layer that add up to exactly `k`, none above the layer's size: "
+     "largest-remainder rounding of `density * size`, ties to the earlier layer.")
     shapes = layer_shapes(layers)
     sizes = [math.prod(s) for s in shapes.values()]
     m = sum(sizes)
     k = _check_k(k, m)
-    if list(densities) != list(shapes): raise ValueError(f"the densities name other layers than the shapes: {list(densities)} vs {list(shapes)}")
+    if list(densities) != list(shapes):
+        raise ValueError(f"the densities name other layers than the shapes: {list(densities)} vs {list(shapes)}")
     d = [float(v) for v in densities.values()]
     bad = [n for n, v in zip(densities, d) if not 0 <= v <= 1]   # NaN fails too
     if bad: raise ValueError(f"a density lies in [0, 1]; layer {bad[0]!r} has {densities[bad[0]]!r}")
     x = [v * n for v, n in zip(d, sizes)]
     if abs(sum(x) - k) >= 1:   # rounding moves less than one weight in all; more is not a rounding question
-        raise ValueError(f"the densities keep {sum(x):.1f} weights, not k={k}; rescale them first (e.g. with `capped_densities`)")
+        raise ValueError(f"the densities keep {sum(x):.1f} weights, not k={k}; "
+                         "rescale them first (e.g. with `capped_densities`)")
     counts = [min(n, math.floor(xi)) for xi, n in zip(x, sizes)]
     frac = [xi - math.floor(xi) for xi in x]
     up = sorted(range(len(x)), key=lambda i: (-frac[i], i))     # largest fractional part first, ties: earlier layer
@@ -124,18 +136,21 @@ def layer_counts(densities:Mapping[str, float], # layer name -> fraction of its 
 def erk_densities(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
                   k:int, # number of weights to keep over all layers
                  ) -> dict[str, float]:
-    "RigL's Erdős–Rényi-Kernel densities: layer $l$'s density is proportional to $\\sum_i s_i / \\prod_i s_i$ over its weight shape $s$, capped at 1, keeping `k` weights in all."
+    ("RigL's Erdős–Rényi-Kernel densities: layer $l$'s density is proportional to $\\sum_i s_i / \\prod_i s_i$ "
+     "over its weight shape $s$, capped at 1, keeping `k` weights in all.")
     shapes = layer_shapes(layers)
     k = _check_k(k, sum(math.prod(s) for s in shapes.values()))
     return capped_densities({n: sum(s) / math.prod(s) for n, s in shapes.items()}, shapes, k)
 
 # %% ../nbs/21_densities.ipynb #8b2496cd
-def smart_ratio_densities(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
-                          k:int, # number of weights to keep over all layers
-                          linear_density:float=0.3, # fixed density of the Linear (2-D) layers, the authors' default
-                          l2_decay:bool=False, # also divide layer $l$'s ratio by $l^2$, as the authors' code does for every architecture but ResNet
-                         ) -> dict[str, float]:
-    "Su et al.'s smart ratios: layer $l$ of $L$ keeps a fraction proportional to $(L-l+1)^2 + (L-l+1)$, Linear layers a fixed `linear_density`, capped at 1, keeping `k` weights in all."
+def smart_ratio_densities(
+    layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
+    k:int, # number of weights to keep over all layers
+    linear_density:float=0.3, # fixed density of the Linear (2-D) layers, the authors' default
+    l2_decay:bool=False, # also divide layer $l$'s ratio by $l^2$, as the authors' code does for any network but ResNet
+) -> dict[str, float]:
+    ("Su et al.'s smart ratios: layer $l$ of $L$ keeps a fraction proportional to $(L-l+1)^2 + (L-l+1)$, "
+     "Linear layers a fixed `linear_density`, capped at 1, keeping `k` weights in all.")
     shapes = layer_shapes(layers)
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     k = _check_k(k, sum(sizes.values()))
@@ -159,7 +174,8 @@ def density_mask(densities:Mapping[str, float], # layer name -> fraction of its 
                  k:int, # total number of weights to keep
                  seed:int|None=None, # seed of the positions within each layer (`None`: a fresh one from the OS)
                 ) -> Masks:
-    "A random mask with `layer_counts(densities, layers, k)` weights in each layer: exactly `k` in all, random within a layer."
+    ("A random mask with `layer_counts(densities, layers, k)` weights in each layer: "
+     "exactly `k` in all, random within a layer.")
     shapes = layer_shapes(layers)
     return random_layer_mask(shapes, layer_counts(densities, shapes, k), seed)
 
@@ -170,11 +186,12 @@ def erk_mask(layers, # a `Masks`, a model (its prunable layers), or a mapping la
     "A random mask with ERK layer densities (`erk_densities`), exactly `k` weights kept."
     return density_mask(erk_densities(layers, k), layers, k, seed)
 
-def smart_ratio_mask(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
-                     k:int, # number of weights to keep
-                     seed:int|None=None, # seed of the positions within each layer
-                     linear_density:float=0.3, # fixed density of the Linear (2-D) layers
-                     l2_decay:bool=False, # the authors' variant for networks other than ResNets (see `smart_ratio_densities`)
-                    ) -> Masks:
+def smart_ratio_mask(
+    layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
+    k:int, # number of weights to keep
+    seed:int|None=None, # seed of the positions within each layer
+    linear_density:float=0.3, # fixed density of the Linear (2-D) layers
+    l2_decay:bool=False, # the authors' variant for networks other than ResNets (see `smart_ratio_densities`)
+) -> Masks:
     "A random mask with Su et al.'s smart-ratio layer densities (`smart_ratio_densities`), exactly `k` weights kept."
     return density_mask(smart_ratio_densities(layers, k, linear_density, l2_decay), layers, k, seed)

@@ -23,17 +23,19 @@ def _is_distributed():
     import torch.distributed as dist
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-def broadcast_masks(masks:Masks|None, # the mask on rank `src` (ignored elsewhere; `None` on `src` means it failed)
-                    model:nn.Module, # this rank's model, to know the layers and shapes
-                    layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names ('attention', 'recurrent', 'embedding')
-                    src:int=0, # the rank that computed `masks`
-                    group=None, # the `torch.distributed` process group (`None`: the default group)
-                   ) -> Masks:
+def broadcast_masks(
+    masks:Masks|None, # the mask on rank `src` (ignored elsewhere; `None` on `src` means it failed)
+    model:nn.Module, # this rank's model, to know the layers and shapes
+    layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
+    src:int=0, # the rank that computed `masks`
+    group=None, # the `torch.distributed` process group (`None`: the default group)
+) -> Masks:
     "Every rank returns rank `src`'s `masks`, sent with `torch.distributed.broadcast` as a flat uint8 vector."
     import torch.distributed as dist
     shapes = {k: weight_of(h).shape for k, h in prunable_weights(get_model(model), layer_types).items()}
     m = sum(math.prod(s) for s in shapes.values())
-    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend(group) == 'nccl' else torch.device('cpu')
+    dev = (torch.device('cuda', torch.cuda.current_device()) if dist.get_backend(group) == 'nccl'
+           else torch.device('cpu'))
     rank = dist.get_rank(group)
     ok = masks is not None and masks.shapes == shapes if rank == src else True
     flag = torch.tensor([int(ok)], device=dev)

@@ -23,7 +23,8 @@ from .masks import *
 from .sensitivity import *
 from .speed import fast_topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
 from .densities import erk_mask, smart_ratio_mask   # the layer-density baselines
-from .options import SCHEDULE_MODES, SALIENCY_LOSS_NAMES, PRUNE_OPTIONS, takes, like, register_check   # each option declared once
+# each option declared once
+from .options import SCHEDULE_MODES, SALIENCY_LOSS_NAMES, PRUNE_OPTIONS, takes, like, register_check
 from .sensitivity import _plain
 from .diagnose import *
 from .diagnose import _first_tensor
@@ -46,7 +47,8 @@ def sparsity_schedule(m:int, # number of prunable weights
     steps = int(steps)
     if not 1 <= k < m: raise ValueError(f"need 1 <= k < m, got k={k}, m={m}")
     if steps > m - k:
-        raise ValueError(f"steps={steps} is more than the {m - k} weights to remove (m={m}, k={k}); use steps <= {m - k}")
+        raise ValueError(f"steps={steps} is more than the {m - k} weights to remove (m={m}, k={k}); "
+                         f"use steps <= {m - k}")
     ks, prev = [], m
     for t in range(1, steps + 1):
         a = t / steps
@@ -59,7 +61,8 @@ def sparsity_schedule(m:int, # number of prunable weights
 def repeat_batches(dl:Iterable, # a re-iterable source of batches (DataLoader, list)
                    n:int|None=None, # stop after `n` batches (`None`: never stop)
                   ):
-    "Yield batches from `dl`, starting it again each time it is exhausted (a new shuffle per pass for a shuffling loader)."
+    ("Yield batches from `dl`, starting it again each time it is exhausted "
+     "(a new shuffle per pass for a shuffling loader).")
     i = 0
     while n is None or i < n:
         empty = True
@@ -72,18 +75,21 @@ def repeat_batches(dl:Iterable, # a re-iterable source of batches (DataLoader, l
 
 # %% ../nbs/02_methods.ipynb #bars-shown
 def bars_shown() -> bool:
-    "Whether a progress bar would be seen: in a notebook, or on a terminal (not in a file or a pipe, where a bar is noise)."
+    ("Whether a progress bar would be seen: in a notebook, or on a terminal "
+     "(not in a file or a pipe, where a bar is noise).")
     if fastprogress.fastprogress.NO_BAR: return False
     if fastprogress.fastprogress.IN_NOTEBOOK: return True
     out = sys.stdout
-    return bool(getattr(out, 'isatty', None) and out.isatty())   # fastprogress's own `printing()` takes any stdout for a terminal
+    # fastprogress's own `printing()` takes any stdout for a terminal
+    return bool(getattr(out, 'isatty', None) and out.isatty())
 
 
 # %% ../nbs/02_methods.ipynb #8a070a80
 def tempered_loss(loss_func:Callable, # the saliency loss `loss_func(output, target)`
                   temperature:float, # the logits are divided by this (GraSP's code: 200)
                  ) -> Callable:
-    "`loss_func(output / temperature, target)`: the saliency loss of GraSP's official code when `loss_func` is cross-entropy."
+    ("`loss_func(output / temperature, target)`: the saliency loss of GraSP's official code "
+     "when `loss_func` is cross-entropy.")
     def loss(output, target): return loss_func(output / temperature, target)
     loss.temperature, loss.base = temperature, loss_func
     return loss
@@ -94,14 +100,17 @@ def check_temperature(temperature, # the requested temperature (`None`: the meth
     "The temperature to use: a positive finite number; an error for data-free methods, which have no saliency loss."
     if temperature is None: return method.default_temperature
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
-        raise ValueError(f"temperature must be a positive number (1: the plain loss; GraSP's code: 200), got {temperature!r}")
+        raise ValueError(f"temperature must be a positive number (1: the plain loss; GraSP's code: 200), "
+                         f"got {temperature!r}")
     if not method.uses_data and temperature != 1:
-        raise ValueError(f"temperature applies to the saliency loss, and method {method.name!r} uses no data: leave it at None")
+        raise ValueError(f"temperature applies to the saliency loss, and method {method.name!r} uses no data: "
+                         "leave it at None")
     return float(temperature)
 
 # %% ../nbs/02_methods.ipynb #ce33282f
 class BalancedBatches:
-    "Class-balanced batches from a stream of `(x, y)` batches: the first `per_class` examples of each class, class by class."
+    ("Class-balanced batches from a stream of `(x, y)` batches: the first `per_class` examples of each class, "
+     "class by class.")
     def __init__(self, batches:Iterable, # a re-iterable source of (x, y) batches with integer class labels
                  per_class:int, # examples of each class in a batch (GraSP's code: 10 for CIFAR-10)
                  n_classes:int, # number of classes $C$; labels are in [0, C)
@@ -143,26 +152,28 @@ class PruningMethod:
     needs_input: bool = False # needs an input shape (from `input_shape` or the first batch) though not the data
     default_temperature: float = 1. # the saliency loss sees the logits divided by this when `temperature=None`
     scored: bool = True # ranks saliency scores with `PruningJob.topk`, so `invert=True` applies (False: a random mask)
-    default_loss: str = 'cross_entropy' # the saliency loss when `loss_func=None`: a key of `SALIENCY_LOSSES` (chosen by measurement)
+    default_loss: str = 'cross_entropy' # the saliency loss if `loss_func=None`: a `SALIENCY_LOSSES` key (measured best)
     second_order: bool = False # differentiates twice (a Hessian-vector product): attention runs on its math kernel
 
 METHODS: dict[str, PruningMethod] = {}
-SALIENCY_LOSSES = dict(zip(SALIENCY_LOSS_NAMES, (F.cross_entropy, raw_logit_nll)))   # the paper's written loss; the official
-# code's NLL of raw logits
+# the paper's written loss; the official code's NLL of raw logits
+SALIENCY_LOSSES = dict(zip(SALIENCY_LOSS_NAMES, (F.cross_entropy, raw_logit_nll)))
 
-def register_method(name:str, # registry key
-                    iterative:bool, # uses a sparsity schedule over `steps`
-                    uses_data:bool=True, # needs (x, y) batches
-                    default_steps:int=1, # default for `steps`
-                    summary:str='', # one line describing it
-                    needs_input:bool=False, # needs an input shape but no data (SynFlow)
-                    default_temperature:float=1., # logits divided by this in the saliency loss when `temperature=None`
-                    scored:bool=True, # ranks scores with `job.topk` (False for a random mask: `invert=True` is then refused)
-                    default_loss:str='cross_entropy', # the saliency loss when `loss_func=None`: a key of `SALIENCY_LOSSES`
-                    second_order:bool=False, # differentiates twice (GRASP): attention on its math kernel, a clear error where no double backward exists
-                   ):
+def register_method(
+    name:str, # registry key
+    iterative:bool, # uses a sparsity schedule over `steps`
+    uses_data:bool=True, # needs (x, y) batches
+    default_steps:int=1, # default for `steps`
+    summary:str='', # one line describing it
+    needs_input:bool=False, # needs an input shape but no data (SynFlow)
+    default_temperature:float=1., # logits divided by this in the saliency loss when `temperature=None`
+    scored:bool=True, # ranks scores with `job.topk` (False for a random mask: `invert=True` is then refused)
+    default_loss:str='cross_entropy', # the saliency loss when `loss_func=None`: a key of `SALIENCY_LOSSES`
+    second_order:bool=False, # differentiates twice (GRASP): attention on its math kernel; errors if no double backward
+):
     "Decorator adding `run(job) -> flat mask` to `METHODS` under `name`."
-    if default_loss not in SALIENCY_LOSSES: raise ValueError(f"default_loss must be one of {', '.join(SALIENCY_LOSSES)}, got {default_loss!r}")
+    if default_loss not in SALIENCY_LOSSES:
+        raise ValueError(f"default_loss must be one of {', '.join(SALIENCY_LOSSES)}, got {default_loss!r}")
     def _inner(run):
         METHODS[name] = PruningMethod(name, run, iterative, uses_data, default_steps,
                                       summary or (run.__doc__ or '').strip(), needs_input,
@@ -189,15 +200,17 @@ register_check('method', check_method)   # the `method` option's check (`force_e
 class PruningJob:
     "Validated inputs of one `prune_at_init` call, and the helpers every method shares."
     @takes(PRUNE_OPTIONS)
-    def __init__(self, model:nn.Module, # the network at initialisation (never modified)
-                 batches:Iterable|None, # (x, y) batches on any device: a DataLoader, a list, a generator (`None`: data-free)
-                 *,
-                 layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-                 progress:bool=False, # show a `fastprogress` bar over the steps
-                 on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
-                 input_shape:tuple|None=None, # input shape without the batch dimension (SynFlow without batches)
-                 **options, # the options of `PRUNE_OPTIONS` (sparsity, method, steps, ...), each checked by its declaration
-                ):
+    def __init__(
+        self,
+        model:nn.Module, # the network at initialisation (never modified)
+        batches:Iterable|None, # (x, y) batches on any device: a DataLoader, a list, a generator (`None`: data-free)
+        *,
+        layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
+        progress:bool=False, # show a `fastprogress` bar over the steps
+        on_step:Callable|None=None, # `on_step(t, k_t, masks)` after each step of an iterative method
+        input_shape:tuple|None=None, # input shape without the batch dimension (SynFlow without batches)
+        **options, # the options of `PRUNE_OPTIONS` (sparsity, method, steps, ...), each checked by its declaration
+    ):
         o = options
         self.method, self.sparsity, method = get_method(o['method']), o['sparsity'], o['method']
         steps, batches_per_step, mode = o['steps'] or self.method.default_steps, o['batches_per_step'], o['mode']
@@ -211,7 +224,8 @@ class PruningJob:
         loss_func = o['loss_func'] or self.method.default_loss
         if isinstance(loss_func, str): loss_func = SALIENCY_LOSSES[loss_func]
         if self.temperature != 1: loss_func = tempered_loss(loss_func, self.temperature)
-        self.loss = FastMaskedLoss(model, loss_func, layer_types, o['bn_mode'])   # a `MaskedLoss`; raises if no prunable layer
+        # a `MaskedLoss`; raises if no prunable layer
+        self.loss = FastMaskedLoss(model, loss_func, layer_types, o['bn_mode'])
         self.m = self.loss.m
         self.k = n_kept(self.m, self.sparsity)
         self.schedule = [self.k] if self.k == self.m else (
@@ -222,7 +236,8 @@ class PruningJob:
             raise ValueError(f"method {method!r} needs batches: pass an iterable of (x, y)"
                              + (" or `input_shape=`" if self.method.needs_input else ""))
         self._taken = 0
-        # an input to check the mask with (`output_depends_on_input`): a list's first batch (read, not consumed), else the first taken
+        # an input to check the mask with (`output_depends_on_input`): a list's first batch (read, not consumed),
+        # else the first taken
         self.probe = batches[0] if isinstance(batches, Sequence) and len(batches) else None
         self.zero_kept = None   # kept weights whose score was exactly 0, at the final ranking
         self.history = []   # (step, k_t) per step, for reports
@@ -238,45 +253,56 @@ class PruningJob:
             except StopIteration:
                 nb = lambda n: f"{n} batch{'es' if n != 1 else ''}"
                 if self._taken == 0:   # nothing at all: the steps are beside the point
-                    raise ValueError(f"the iterable of batches is empty (it ran out after 0 batches): {self.method.name} needs "
-                                     f"{nb(self.n_batches)} of (x, y); pass a DataLoader or a list of (x, y) batches") from None
-                raise ValueError(f"{self.method.name} with steps={self.steps} and batches_per_step={self.batches_per_step} "
-                                 f"needs {nb(self.n_batches)}, but the iterable ran out after {self._taken}; pass more "
-                                 f"batches (e.g. `repeat_batches(dl)` to go over a DataLoader again) or lower `steps`") from None
+                    raise ValueError(
+                        f"the iterable of batches is empty (it ran out after 0 batches): {self.method.name} needs "
+                        f"{nb(self.n_batches)} of (x, y); pass a DataLoader or a list of (x, y) batches") from None
+                raise ValueError(
+                    f"{self.method.name} with steps={self.steps} and batches_per_step={self.batches_per_step} "
+                    f"needs {nb(self.n_batches)}, but the iterable ran out after {self._taken}; pass more "
+                    f"batches (e.g. `repeat_batches(dl)` to go over a DataLoader again) or lower `steps`") from None
             out.append(b); self._taken += 1
             if self.probe is None: self.probe = b
         return out
 
-    def topk(self, scores, # the saliency of every weight: one tensor, or one per layer (overwritten when `scale` is given)
-             k:int, # number of weights to keep
-             allowed=None, # boolean mask(s) like `scores`: only these may be kept (eq. 7's constraint)
-             out:Tensor|None=None, # a flat boolean buffer to write the mask into
-             scale=None, # tensors like `scores`: rank |scores * scale| (FORCE's |theta * grad|)
-            ) -> Tensor:
-        "`fast_topk_mask(scores, k, ...)`; with `invert`, the same on the negated scores, so the `k` lowest are kept. Scored methods rank through this."
+    def topk(
+        self,
+        scores, # the saliency of every weight: one tensor, or one per layer (overwritten when `scale` is given)
+        k:int, # number of weights to keep
+        allowed=None, # boolean mask(s) like `scores`: only these may be kept (eq. 7's constraint)
+        out:Tensor|None=None, # a flat boolean buffer to write the mask into
+        scale=None, # tensors like `scores`: rank |scores * scale| (FORCE's |theta * grad|)
+    ) -> Tensor:
+        ("`fast_topk_mask(scores, k, ...)`; with `invert`, the same on the negated scores, so the `k` lowest are kept. "
+         "Scored methods rank through this.")
         self.n_ranked += 1
         parts = [scores] if isinstance(scores, Tensor) else list(scores)
-        if k == self.k:   # the final ranking: which kept weights had a score of exactly 0 (read before `scale` overwrites it)
+        # the final ranking: which kept weights had a score of exactly 0 (read before `scale` overwrites it)
+        if k == self.k:
             sc = [None] * len(parts) if scale is None else [scale] if isinstance(scale, Tensor) else list(scale)
             zero = torch.cat([(p.reshape(-1) == 0) if s is None else (p.reshape(-1) == 0) | (s.reshape(-1) == 0)
                               for p, s in zip(parts, sc)])
         try: c = self._topk(parts, k, allowed, out, scale)
         except ValueError as e:   # name the layers whose scores hold the NaN (looked for only when there is one)
             if 'contain NaN' not in str(e): raise
-            bad = [n for n, p in zip(self.loss.names, parts) if torch.isnan(p).any()] if len(parts) == len(self.loss.names) else []
+            bad = ([n for n, p in zip(self.loss.names, parts) if torch.isnan(p).any()]
+                   if len(parts) == len(self.loss.names) else [])
             if not bad: raise
-            raise ValueError(f"{self.method.name}: the saliency scores of {len(bad)} layer{'s' * (len(bad) > 1)} ({', '.join(bad[:3])}"
-                             f"{', ...' if len(bad) > 3 else ''}) contain NaN; {str(e).split('; ', 1)[1]}") from None
+            raise ValueError(
+                f"{self.method.name}: the saliency scores of {len(bad)} layer{'s' * (len(bad) > 1)} "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) contain NaN; {str(e).split('; ', 1)[1]}"
+            ) from None
         if k == self.k: self.zero_kept = int(torch.count_nonzero(zero & c.view(-1)))
         return c
 
     def _topk(self, parts, k, allowed, out, scale) -> Tensor:
         if not self.invert: return fast_topk_mask(parts, k, allowed=allowed, out=out, scale=scale)
-        if scale is not None:   # |scores * scale| first, then its negation (new tensors: the scores may be the model's own)
+        # |scores * scale| first, then its negation (new tensors: the scores may be the model's own)
+        if scale is not None:
             scale = [scale] if isinstance(scale, Tensor) else list(scale)
             neg = [torch.mul(p.reshape(-1), s.reshape(-1)).abs_().neg_() for p, s in zip(parts, scale)]
         else: neg = [~p if p.dtype == torch.bool else p.neg() for p in parts]
-        return fast_topk_mask(neg, k, allowed=allowed, out=out)   # the k largest of -s: the k smallest of s, ties to the lowest index
+        # the k largest of -s: the k smallest of s, ties to the lowest index
+        return fast_topk_mask(neg, k, allowed=allowed, out=out)
 
     def flat(self, tensors:list[Tensor]) -> Tensor:
         "Concatenate per-layer tensors into one flat vector (at least float32; float64 stays float64)."
@@ -288,16 +314,18 @@ class PruningJob:
         return None if flat_mask is None else self.loss.mask_list(flat_mask)
 
     def steps_range(self):
-        "The step indices, with a `fastprogress` bar when `progress` and fastprogress would show it (a notebook or a terminal, and not `NO_BAR`)."
+        ("The step indices, with a `fastprogress` bar when `progress` and fastprogress would show it "
+         "(a notebook or a terminal, and not `NO_BAR`).")
         r = range(len(self.schedule))
-        # fastprogress's console bar prints a probe character ('█\r') when it is created, even where it then draws nothing
-        # (output to a file or a pipe, `NO_BAR`): create it only where it is drawn
+        # fastprogress's console bar prints a probe character ('█\r') when it is created, even where it then draws
+        # nothing (output to a file or a pipe, `NO_BAR`): create it only where it is drawn
         return progress_bar(r, leave=False) if self.progress and len(r) > 1 and bars_shown() else r
 
     def step_done(self, t:int, c:Tensor):
         "Record step `t` and call `on_step(t, k_t, Masks)` if given."
         self.history.append((t, self.schedule[t]))
-        if self.on_step is not None: self.on_step(t, self.schedule[t], Masks.from_flat(c.clone(), self.loss.shapes))   # c's buffer is reused
+        # c's buffer is reused
+        if self.on_step is not None: self.on_step(t, self.schedule[t], Masks.from_flat(c.clone(), self.loss.shapes))
 
 # %% ../nbs/02_methods.ipynb #585328b9
 def _one_shot_batches(job):
@@ -324,15 +352,19 @@ def _grasp(job):
     hg = job.loss.hvp(bs, g)
     return job.topk([h.mul_(t) for t, h in zip(job.theta, hg)], job.k)   # theta * Hg, in place
 
-register_method('snip', iterative=False, summary='one shot, top-k of |theta * grad L(theta)| on one batch (eq. 3)')(_snip)
+register_method('snip', iterative=False,
+                summary='one shot, top-k of |theta * grad L(theta)| on one batch (eq. 3)')(_snip)
 register_method('snip_mb', iterative=False, default_steps=300,
                 summary='SNIP with the saliency averaged over steps x batches_per_step batches')(_snip)
-register_method('grasp', iterative=False, default_temperature=200, second_order=True, summary='one shot, keep the top-k of theta * Hg (eq. 4), logits / 200 as in its authors\' code')(_grasp)
+register_method('grasp', iterative=False, default_temperature=200, second_order=True,
+                summary='one shot, keep the top-k of theta * Hg (eq. 4), logits / 200 as in its authors\' code')(_grasp)
+# the semicolon: no echo of the registered function in the notebook
 register_method('grasp_mb', iterative=False, default_steps=300, default_temperature=200, second_order=True,
-                summary='GRASP averaged over steps x batches_per_step batches')(_grasp);   # the semicolon: no echo of the registered function in the notebook
+                summary='GRASP averaged over steps x batches_per_step batches')(_grasp);
 
 # %% ../nbs/02_methods.ipynb #erk-smart-code
-def _job_seed(job): return int.from_bytes(os.urandom(7), 'little') if job.seed is None else job.seed   # leaves torch's global RNG alone
+# leaves torch's global RNG alone
+def _job_seed(job): return int.from_bytes(os.urandom(7), 'little') if job.seed is None else job.seed
 
 @register_method('erk', iterative=False, uses_data=False, scored=False,
                  summary="keep k weights at random within each layer, RigL's Erdős–Rényi-Kernel layer densities")
@@ -344,7 +376,8 @@ def _smart_ratio(job): return smart_ratio_mask(job.loss.shapes, job.k, _job_seed
 
 # %% ../nbs/02_methods.ipynb #7374484f
 def _progressive(job, saliency, resurrect:bool):
-    "Algorithm 1 with a pluggable `saliency(c_layers, batches)` returning the scores (one tensor per layer, or flat), or `(scores, scale)` for |scores * scale|; `resurrect=False` is eq. 7's constraint."
+    ("Algorithm 1 with a pluggable `saliency(c_layers, batches)` returning the scores (one tensor per layer, or flat), "
+     "or `(scores, scale)` for |scores * scale|; `resurrect=False` is eq. 7's constraint.")
     # the masks are written into reused buffers: c_t is not needed once the scores exist, except as eq. 7's constraint
     bufs = [torch.empty(job.m, dtype=torch.bool, device=job.loss.device) for _ in range(1 if resurrect else 2)]
     c = None
@@ -352,7 +385,8 @@ def _progressive(job, saliency, resurrect:bool):
         bs = job.take(job.batches_per_step) if job.method.uses_data else None
         scores = saliency(job.layers(c), bs)
         scores, scale = scores if isinstance(scores, tuple) else (scores, None)   # (scores, scale): |scores * scale|
-        c = job.topk(scores, job.schedule[t], allowed=None if resurrect else c, out=bufs[t % len(bufs)], scale=scale)   # eq. 7: c_{t+1} in c_t
+        # eq. 7: c_{t+1} in c_t
+        c = job.topk(scores, job.schedule[t], allowed=None if resurrect else c, out=bufs[t % len(bufs)], scale=scale)
         del scores   # the gradients the scores were written into are freed before the next step's passes
         job.step_done(t, c)
     return c
@@ -369,7 +403,8 @@ def _grad_sq_saliency(job):
     return saliency
 
 @register_method('force', iterative=True, default_steps=300, default_loss='raw_nll',
-                 summary='progressive; top-k of |theta * grad L(theta*c_t)| over all weights, pruned may return (Alg. 1)')
+                 summary='progressive; top-k of |theta * grad L(theta*c_t)| over all weights, '
+                         'pruned may return (Alg. 1)')
 def _force(job): return _progressive(job, _force_saliency(job), resurrect=True)
 
 @register_method('iter_snip', iterative=True, default_steps=300, default_loss='raw_nll',
@@ -382,29 +417,34 @@ def _grasp_it(job): return _progressive(job, _grad_sq_saliency(job), resurrect=F
 
 # %% ../nbs/02_methods.ipynb #83e231db
 def _all_ones_embedding(mod, args, out):
-    "Forward hook: an embedding's output on the all-ones one-hot input, the sum of its (absolute) rows at every position."
+    ("Forward hook: an embedding's output on the all-ones one-hot input, "
+     "the sum of its (absolute) rows at every position.")
     return mod.weight.sum(0).expand_as(out)
 
 def _synflow_saliency(job):
     ml, model = job.loss, job.model
     keys = set(ml.keys)
     dbl = lambda t: t.detach().abs().double() if t.is_floating_point() else t
-    params = {k: dbl(p) for k, p in model.named_parameters() if k not in keys}   # a tied weight once: `functional_call` ties it
+    # a tied weight once: `functional_call` ties it
+    params = {k: dbl(p) for k, p in model.named_parameters() if k not in keys}
     buffers = {k: dbl(b) for k, b in model.named_buffers()}
     theta = [t.abs().double() for t in ml.theta]
-    ids = False   # token ids: the all-ones signal enters through the embeddings, as if each were a linear layer on one-hots
+    # token ids: the all-ones signal enters through the embeddings, as if each were a linear layer on one-hots
+    ids = False
     if job.input_shape is not None: shape = tuple(job.input_shape)
     else:
         if job.probe is None:
             try: job.probe = next(job._it)
-            except StopIteration: raise ValueError("synflow needs one (x, y) batch for the input shape, or `input_shape=`") from None
+            except StopIteration:
+                raise ValueError("synflow needs one (x, y) batch for the input shape, or `input_shape=`") from None
         xs, _ = to_device(job.probe, ml.device)
         shape, ids = tuple(xs[0].shape[1:]), not xs[0].is_floating_point()
     x = (torch.zeros((1,) + shape, dtype=torch.long, device=ml.device) if ids
          else torch.ones((1,) + shape, dtype=torch.float64, device=ml.device))
     embeddings = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))] if ids else []
     def saliency(c, bs):
-        w = [(t if ci is None else _times_mask(t, ci)).requires_grad_() for t, ci in zip(theta, c or [None] * len(theta))]
+        w = [(t if ci is None else _times_mask(t, ci)).requires_grad_()
+             for t, ci in zip(theta, c or [None] * len(theta))]
         hooks = [m.register_forward_hook(_all_ones_embedding) for m in embeddings]
         try:
             with saliency_mode(model, 'eval'), torch.enable_grad():
@@ -413,12 +453,14 @@ def _synflow_saliency(job):
         finally:
             for h in hooks: h.remove()
         g = [torch.zeros_like(wi) if gi is None else gi for wi, gi in zip(w, g)]
-        if not torch.isfinite(R): raise ValueError(f"SynFlow's R overflowed ({R.item()}); the network is too deep for float64")
+        if not torch.isfinite(R):
+            raise ValueError(f"SynFlow's R overflowed ({R.item()}); the network is too deep for float64")
         return g, [wi.detach() for wi in w]   # |w * dR/dw|
     return saliency
 
 @register_method('synflow', iterative=True, uses_data=False, default_steps=100, needs_input=True,
-                 summary='data-free, progressive; |theta * dR/dtheta| of the all-ones input through |theta|, pruned stay pruned')
+                 summary='data-free, progressive; |theta * dR/dtheta| of the all-ones input through |theta|, '
+                         'pruned stay pruned')
 def _synflow(job): return _progressive(job, _synflow_saliency(job), resurrect=False)
 
 # %% ../nbs/02_methods.ipynb #4eb79acd
@@ -446,10 +488,12 @@ def prune_at_init(**args) -> Masks:
         on_cuda = any(t.is_cuda for t in job.theta)
         first_order = [n for n, m in METHODS.items() if not m.second_order and m.uses_data]
         with (saliency_mode(job.model, bn_mode), torch.enable_grad(), _cudnn_deterministic(on_cuda),
-              math_attention(job.method.second_order), explain_missing_derivatives(method, job.method.second_order, first_order)):
+              math_attention(job.method.second_order),
+              explain_missing_derivatives(method, job.method.second_order, first_order)):
             flat = job.method.run(job)
         if job.invert and job.n_ranked == 0:
-            raise ValueError(f"method {method!r} does not rank its scores with `job.topk`, so invert=True cannot apply to it")
+            raise ValueError(f"method {method!r} does not rank its scores with `job.topk`, "
+                             "so invert=True cannot apply to it")
         masks = Masks.from_flat(flat, job.loss.shapes)
         assert masks.kept == job.k, (masks.kept, job.k)
         _record_facts(masks, job)
@@ -457,7 +501,8 @@ def prune_at_init(**args) -> Masks:
     return masks
 
 def _record_facts(masks:Masks, job:PruningJob):
-    "The facts `Masks` carries about a computed mask: the model's size, input-output connectivity, the tie rule's share."
+    ("The facts `Masks` carries about a computed mask: the model's size, input-output connectivity, "
+     "the tie rule's share.")
     masks.model_params = n_parameters(job.model)
     masks.zero_score_share = None if job.zero_kept is None else job.zero_kept / job.k
     if job.probe is not None:
@@ -472,7 +517,8 @@ def model_fingerprint(model:nn.Module, # the network to describe
                 requires_grad={k: p.requires_grad for k, p in model.named_parameters()},
                 grads={k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
                 training={n: m.training for n, m in model.named_modules()},
-                hooks={n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for n, m in model.named_modules()},
+                hooks={n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+                       for n, m in model.named_modules()},
                 param_ids={k: id(p) for k, p in model.named_parameters()})
 
 def same_fingerprint(a:dict, # a `model_fingerprint`
@@ -481,5 +527,6 @@ def same_fingerprint(a:dict, # a `model_fingerprint`
     "Whether two `model_fingerprint`s are identical."
     if a.keys() != b.keys() or a['state'].keys() != b['state'].keys(): return False
     eq = lambda x, y: (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
-    return (all(eq(a['state'][k], b['state'][k]) for k in a['state']) and all(eq(a['grads'][k], b['grads'][k]) for k in a['grads'])
+    return (all(eq(a['state'][k], b['state'][k]) for k in a['state'])
+            and all(eq(a['grads'][k], b['grads'][k]) for k in a['grads'])
             and all(a[k] == b[k] for k in ('requires_grad', 'training', 'hooks', 'param_ids')))

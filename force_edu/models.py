@@ -19,7 +19,8 @@ __all__ = ['ARCHS', 'kaiming_init', 'small_vgg', 'BasicBlock', 'SmallResNet', 's
 # %% ../nbs/19_models.ipynb #fa83ce3a
 def kaiming_init(model:nn.Module, # the network, initialised in place
                 ) -> nn.Module:
-    "Kaiming-normal weights (fan-in, ReLU gain) for every Conv and Linear layer, zero biases, BatchNorm scale 1 and shift 0."
+    ("Kaiming-normal weights (fan-in, ReLU gain) for every Conv and Linear layer, "
+     "zero biases, BatchNorm scale 1 and shift 0.")
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
@@ -35,7 +36,8 @@ def small_vgg(n_in:int=1, # input channels
               n_out:int=10, # classes
               width:int=32, # channels of the first stage (doubled at each of the next two)
              ) -> nn.Sequential:
-    "A VGG-like chain: 3 stages of two conv3x3-BN-ReLU and a max-pool, global average pooling, linear; Kaiming-normal init."
+    ("A VGG-like chain: 3 stages of two conv3x3-BN-ReLU and a max-pool, global average pooling, linear; "
+     "Kaiming-normal init.")
     w, layers, i = width, OrderedDict(), 0
     for stage, (ci, co) in enumerate([(n_in, w), (w, 2*w), (2*w, 4*w)], 1):
         for j in range(2):
@@ -47,7 +49,8 @@ def small_vgg(n_in:int=1, # input channels
     return kaiming_init(nn.Sequential(layers))
 
 class BasicBlock(nn.Module):
-    "Two conv3x3-BN with a ReLU between, added to the shortcut (identity, or conv1x1-BN when the shape changes), then ReLU."
+    ("Two conv3x3-BN with a ReLU between, added to the shortcut (identity, or conv1x1-BN when the shape changes), "
+     "then ReLU.")
     def __init__(self, ci:int, # input channels
                  co:int, # output channels
                  stride:int=1, # stride of the first conv (and of the shortcut); 2 halves the resolution
@@ -55,13 +58,15 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1, self.bn1 = _conv_bn(ci, co, stride)
         self.conv2, self.bn2 = _conv_bn(co, co)
-        self.shortcut = nn.Sequential() if stride == 1 and ci == co else nn.Sequential(OrderedDict(zip(('conv', 'bn'), _conv_bn(ci, co, stride, 1))))
+        self.shortcut = (nn.Sequential() if stride == 1 and ci == co else
+                         nn.Sequential(OrderedDict(zip(('conv', 'bn'), _conv_bn(ci, co, stride, 1)))))
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 class SmallResNet(nn.Module):
-    "A ResNet-like network for small images: conv3x3 stem, three stages of `BasicBlock`s (width, 2 width, 4 width), global average pooling, linear."
+    ("A ResNet-like network for small images: conv3x3 stem, three stages of `BasicBlock`s (width, 2 width, 4 width), "
+     "global average pooling, linear.")
     def __init__(self, n_in:int=1, # input channels
                  n_out:int=10, # classes
                  width:int=32, # channels of the first stage (doubled at each of the next two)
@@ -72,7 +77,8 @@ class SmallResNet(nn.Module):
         self.stem = nn.Sequential(*_conv_bn(n_in, w), nn.ReLU(inplace=True))
         stages, ci = [], w
         for s, (n, co) in enumerate(zip(blocks, (w, 2*w, 4*w))):
-            stages.append(nn.Sequential(*[BasicBlock(ci if b == 0 else co, co, 2 if s > 0 and b == 0 else 1) for b in range(n)]))
+            stages.append(nn.Sequential(*[BasicBlock(ci if b == 0 else co, co, 2 if s > 0 and b == 0 else 1)
+                                          for b in range(n)]))
             ci = co
         self.layer1, self.layer2, self.layer3 = stages
         self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4*w, n_out)
@@ -105,8 +111,9 @@ def make_model(arch:str, # a key of `ARCHS`, or a torchvision / timm model name
     except ImportError: timm = None
     if timm is not None and timm.is_model(arch):
         return kaiming_init(timm.create_model(arch, pretrained=False, num_classes=n_out))
-    raise ValueError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}, or a torchvision model name such as "
-                     f"'resnet18'" + ("" if timm is None else " or a timm model name"))
+    raise ValueError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}, "
+                     f"or a torchvision model name such as 'resnet18'"
+                     + ("" if timm is None else " or a timm model name"))
 
 def arch_channels(arch:str, # an architecture name
                   data_channels:int, # channels of the data set (1 for grayscale)

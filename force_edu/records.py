@@ -18,10 +18,14 @@ __all__ = ['TRAIN_FIELDS', 'PRUNE_FIELDS', 'SWEEP_ABLATIONS', 'pruning_fields', 
            'save_results', 'append_result']
 
 # %% ../nbs/20_records.ipynb #c1d40ff3
-TRAIN_FIELDS = ('data', 'arch', 'width', 'n_train', 'n_valid', 'size', 'bs', 'epochs', 'lr', 'data_seed')   # configuration of every run
-PRUNE_FIELDS = ('steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature', 'samples_per_class')   # configuration of the pruning, where the method uses it
-_KEY_DEFAULTS = {'temperature': 1., 'samples_per_class': None, 'ablation': 'none'}   # fields added later: left out of `run_key` at these values, so older records keep their key
-SWEEP_ABLATIONS = ABLATION_CHOICES   # the method's own mask, and Frankle et al.'s three sanity checks of it (`force_edu.options`)
+# configuration of every run
+TRAIN_FIELDS = ('data', 'arch', 'width', 'n_train', 'n_valid', 'size', 'bs', 'epochs', 'lr', 'data_seed')
+# configuration of the pruning, where the method uses it
+PRUNE_FIELDS = ('steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature', 'samples_per_class')
+# fields added later: left out of `run_key` at these values, so older records keep their key
+_KEY_DEFAULTS = {'temperature': 1., 'samples_per_class': None, 'ablation': 'none'}
+# the method's own mask, and Frankle et al.'s three sanity checks of it (`force_edu.options`)
+SWEEP_ABLATIONS = ABLATION_CHOICES
 
 def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
                    cfg:dict, # a sweep configuration holding `PRUNE_FIELDS`
@@ -34,14 +38,17 @@ def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
     if m.iterative: out.update(steps=steps, mode=cfg['mode'])
     elif m.default_steps > 1: out.update(steps=steps)   # the -MB methods average over `steps` groups of batches
     if m.uses_data: out.update(batches_per_step=cfg['batches_per_step'], bn_mode=cfg['bn_mode'],
-                               loss=cfg.get('loss') or m.default_loss, temperature=check_temperature(cfg.get('temperature'), m),
+                               loss=cfg.get('loss') or m.default_loss,
+                               temperature=check_temperature(cfg.get('temperature'), m),
                                samples_per_class=cfg.get('samples_per_class'))
     return out
 
 def run_key(rec:dict, # a run record (or any dict with the key fields)
            ) -> str:
-    "The identity of a run: method, sparsity, seed, ablation (unless none) and the configuration fields it uses, as a canonical JSON string."
-    if 'temperature' not in rec: rec = {**rec, 'temperature': 1.}   # a record from before the option: its runs scored without a temperature
+    ("The identity of a run: method, sparsity, seed, ablation (unless none) and the configuration fields it uses, "
+     "as a canonical JSON string.")
+    # a record from before the option: its runs scored without a temperature
+    if 'temperature' not in rec: rec = {**rec, 'temperature': 1.}
     k = {f: rec.get(f) for f in ('method', 'seed', 'ablation') + TRAIN_FIELDS}
     k['sparsity'] = round(float(rec['sparsity']), 10)
     k.update(pruning_fields(rec['method'], rec) if rec['method'] == 'dense' or rec['method'] in METHODS else
@@ -73,7 +80,8 @@ def load_results(path:str|Path, # a `results.json` written by a sweep (missing: 
     try: recs = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); move it away to start a new sweep there") from None
-    if not isinstance(recs, list) or not all(isinstance(r, dict) and {'method', 'sparsity', 'seed'} <= set(r) for r in recs):
+    if not isinstance(recs, list) or not all(isinstance(r, dict) and {'method', 'sparsity', 'seed'} <= set(r)
+                                             for r in recs):
         raise ValueError(f"{path} is not a sweep's results file (a JSON list of run records)")
     return recs
 
@@ -86,7 +94,8 @@ def save_results(path:str|Path, # destination, usually `DIR/results.json`
 def append_result(path:str|Path, # the `results.json` to add to (created if missing)
                   record:dict, # one run's record
                  ) -> Path:
-    "Add `record` to `path` under an exclusive lock on its folder (`fcntl.flock`), so sweeps running side by side lose no record."
+    ("Add `record` to `path` under an exclusive lock on its folder (`fcntl.flock`), "
+     "so sweeps running side by side lose no record.")
     path = Path(path)
     fd = os.open(path.parent, os.O_RDONLY)   # a lock on the folder leaves no lock file behind
     try:

@@ -25,26 +25,33 @@ __all__ = ['ABLATIONS', 'shuffle_within_layers', 'reinit_model', 'density_table'
 def shuffle_within_layers(masks:Masks, # the mask to shuffle (not modified)
                           seed:int|None=None, # seed of the new positions (`None`: a fresh one from the OS)
                          ) -> Masks:
-    "A random mask with exactly as many weights kept in every layer as `masks` (Frankle et al.'s *layerwise shuffling*)."
+    ("A random mask with exactly as many weights kept in every layer as `masks` "
+     "(Frankle et al.'s *layerwise shuffling*).")
     if not isinstance(masks, Masks): raise ValueError(f"expected a Masks, got {type(masks).__name__}")
     return random_layer_mask(masks, masks.layer_kept(), seed)
 
 # %% ../nbs/10_sanity.ipynb #39c513e2
-def reinit_model(model:nn.Module, # the network at initialisation (not modified), not yet pruned
-                 seed:int|None=None, # seed of the new draw (`None`: a fresh one from the OS); torch's global RNG is left as it was
-                 init:Callable|None=None, # `init(net)` re-initialising a whole network in place, e.g. `force_edu.sweep.kaiming_init`; `None`: each layer's `reset_parameters()`
-                 layers=None, # the layers whose weights are drawn again: a `Masks` (its layers), a list of names, or `None` (every prunable layer)
-                ) -> nn.Module:
-    "A copy of `model` whose prunable weights are a new draw of the initialisation; every other tensor (biases, BatchNorm, buffers) is copied unchanged."
+def reinit_model(
+    model:nn.Module, # the network at initialisation (not modified), not yet pruned
+    seed:int|None=None, # seed of the new draw (`None`: a fresh one from the OS); torch's global RNG is left as it was
+    init:Callable|None=None, # `init(net)` re-initialising a network in place; `None`: each layer's `reset_parameters()`
+    layers=None, # the layers drawn again: a `Masks` (its layers), a list of names, or `None` (every prunable layer)
+) -> nn.Module:
+    ("A copy of `model` whose prunable weights are a new draw of the initialisation; "
+     "every other tensor (biases, BatchNorm, buffers) is copied unchanged.")
     if not isinstance(model, nn.Module): raise ValueError(f"expected an nn.Module, got {type(model).__name__}")
-    if init is not None and not callable(init): raise ValueError(f"init must be a function init(model) or None, got {init!r}")
+    if init is not None and not callable(init):
+        raise ValueError(f"init must be a function init(model) or None, got {init!r}")
     seed = _check_seed(seed)
     modules = dict(model.named_modules())
     names = list(prunable_layers(model)) if layers is None else list(layers)
     for n in names:
         mod = modules.get(n)
-        if not isinstance(getattr(mod, 'weight', None), Tensor): raise ValueError(f"{type(model).__name__} has no layer {n!r} with a weight")
-        if is_pruned(mod): raise ValueError(f"layer {n!r} already carries a pruning mask: re-initialise before `Masks.apply` (or `Masks.remove` first)")
+        if not isinstance(getattr(mod, 'weight', None), Tensor):
+            raise ValueError(f"{type(model).__name__} has no layer {n!r} with a weight")
+        if is_pruned(mod):
+            raise ValueError(f"layer {n!r} already carries a pruning mask: re-initialise before `Masks.apply` "
+                             "(or `Masks.remove` first)")
         if init is None and not callable(getattr(mod, 'reset_parameters', None)):
             raise ValueError(f"layer {n!r} ({type(mod).__name__}) has no reset_parameters(); pass `init=`")
     fresh = copy.deepcopy(model)
@@ -62,9 +69,10 @@ def reinit_model(model:nn.Module, # the network at initialisation (not modified)
     return new
 
 # %% ../nbs/10_sanity.ipynb #ca3739e5
-def density_table(masks, # a `Masks`, or a mapping label -> `Masks` (e.g. method name -> its mask), all on the same layers
-                  what:str='density', # 'density' (the fraction of each layer kept) or 'kept' (the number kept)
-                 ):
+def density_table(
+    masks, # a `Masks`, or a mapping label -> `Masks` (e.g. method name -> its mask), all on the same layers
+    what:str='density', # 'density' (the fraction of each layer kept) or 'kept' (the number kept)
+):
     "A `pandas.DataFrame`: one row per prunable layer (its shape and size) and a last row 'total', one column per mask."
     import pandas as pd
     if what not in ('density', 'kept'): raise ValueError(f"what must be 'density' or 'kept', got {what!r}")
@@ -72,30 +80,40 @@ def density_table(masks, # a `Masks`, or a mapping label -> `Masks` (e.g. method
     if not group or not all(isinstance(v, Masks) for v in group.values()):
         raise ValueError("pass a Masks or a non-empty mapping label -> Masks")
     first = next(iter(group.values()))
-    if any(v.shapes != first.shapes for v in group.values()): raise ValueError("the masks cover different layers or shapes")
+    if any(v.shapes != first.shapes for v in group.values()):
+        raise ValueError("the masks cover different layers or shapes")
     df = pd.DataFrame({'shape': ['×'.join(map(str, s)) for s in first.shapes.values()],
-                       'size': [math.prod(s) for s in first.shapes.values()]}, index=pd.Index(list(first), name='layer'))
-    for lab, v in group.items(): df[str(lab)] = list((v.layer_density() if what == 'density' else v.layer_kept()).values())
-    total = {'shape': '', 'size': first.total, **{str(lab): v.density if what == 'density' else v.kept for lab, v in group.items()}}
+                       'size': [math.prod(s) for s in first.shapes.values()]},
+                      index=pd.Index(list(first), name='layer'))
+    for lab, v in group.items():
+        df[str(lab)] = list((v.layer_density() if what == 'density' else v.layer_kept()).values())
+    total = {'shape': '', 'size': first.total,
+             **{str(lab): v.density if what == 'density' else v.kept for lab, v in group.items()}}
     return pd.concat([df, pd.DataFrame([total], index=pd.Index(['total'], name='layer'))])
 
 # %% ../nbs/10_sanity.ipynb #3409e0d7
-ABLATIONS = ('shuffle', 'reinit')   # Frankle et al.'s ablations of a mask (inverted scores are an option of the pruning itself)
+# Frankle et al.'s ablations of a mask (inverted scores are an option of the pruning itself)
+ABLATIONS = ('shuffle', 'reinit')
 
-def ablate(masks:Masks, # a mask computed for `model` (not modified)
-           model:nn.Module, # the network at initialisation the mask was computed on (not modified), not yet pruned
-           kind:str, # 'shuffle': the same number kept in each layer, new positions; 'reinit': the same mask, new initial weights
-           seed:int|None=None, # seed of the new positions or weights (`None`: a fresh one from the OS)
-           init:Callable|None=None, # 'reinit' only: `init(net)` re-initialising a network in place (`None`: each layer's `reset_parameters()`)
-          ) -> tuple[Masks, nn.Module]:
-    "A new `(masks, model)` pair to train in place of the given one, as in Frankle et al.'s ablations; both inputs are left unchanged."
+def ablate(
+    masks:Masks, # a mask computed for `model` (not modified)
+    model:nn.Module, # the network at initialisation the mask was computed on (not modified), not yet pruned
+    kind:str, # 'shuffle': the same number kept in each layer, new positions; 'reinit': same mask, new initial weights
+    seed:int|None=None, # seed of the new positions or weights (`None`: a fresh one from the OS)
+    init:Callable|None=None, # 'reinit' only: `init(net)` re-initialising in place (`None`: each `reset_parameters()`)
+) -> tuple[Masks, nn.Module]:
+    ("A new `(masks, model)` pair to train in place of the given one, as in Frankle et al.'s ablations; "
+     "both inputs are left unchanged.")
     if not isinstance(masks, Masks): raise ValueError(f"expected a Masks, got {type(masks).__name__}")
     if not isinstance(model, nn.Module): raise ValueError(f"expected an nn.Module, got {type(model).__name__}")
     if kind not in ABLATIONS:
-        raise ValueError(f"kind must be one of {', '.join(ABLATIONS)}, got {kind!r} (inverted scores are an option of the pruning, not an ablation of a mask)")
+        raise ValueError(f"kind must be one of {', '.join(ABLATIONS)}, got {kind!r} "
+                         "(inverted scores are an option of the pruning, not an ablation of a mask)")
     masks.check(model)   # raises, naming the layers that do not fit
     mods = dict(model.named_modules())
     pruned = [n for n in masks if is_pruned(mods[n])]
-    if pruned: raise ValueError(f"layer {pruned[0]!r} already carries a pruning mask (its pruned weights are zero): ablate before `Masks.apply`")
+    if pruned:
+        raise ValueError(f"layer {pruned[0]!r} already carries a pruning mask (its pruned weights are zero): "
+                         "ablate before `Masks.apply`")
     if kind == 'shuffle': return shuffle_within_layers(masks, seed), copy.deepcopy(model)
     return Masks({n: c.clone() for n, c in masks.items()}), reinit_model(model, seed, init, layers=masks)

@@ -32,14 +32,15 @@ __all__ = ['sweep_dls', 'train_run', 'Sweep', 'run_sweep', 'sweep', 'run_sweep_c
 def _n_items(dl):
     return len(dl.dataset) if hasattr(dl, 'dataset') else dl.n
 
-def sweep_dls(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CIFAR-style train/ and test/, or IDX files)
-              size:int|None=None, # image side (default: 28 for IDX files, 16 for the digits, 32 for image folders)
-              bs:int=128, # batch size
-              n_train:int|None=None, # random subset of the training images (`None`: all)
-              n_valid:int|None=None, # random subset of the validation images (`None`: all; ignored by the digits)
-              channels:int=1, # 1 (grayscale) or 3 (gray repeated) for IDX and digits data; image folders are RGB
-              data_seed:int=42, # seed of the subsets and of the digits' split
-             ):
+def sweep_dls(
+    data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder (CIFAR-style train/ and test/, or IDX files)
+    size:int|None=None, # image side (default: 28 for IDX files, 16 for the digits, 32 for image folders)
+    bs:int=128, # batch size
+    n_train:int|None=None, # random subset of the training images (`None`: all)
+    n_valid:int|None=None, # random subset of the validation images (`None`: all; ignored by the digits)
+    channels:int=1, # 1 (grayscale) or 3 (gray repeated) for IDX and digits data; image folders are RGB
+    data_seed:int=42, # seed of the subsets and of the digits' split
+):
     "The `DataLoaders` of a sweep, and the number of channels its images have."
     from force_edu.data import digits_dls, idx_dls, cifar_dls, FASHION_MNIST_PATH
     if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, numbers.Integral) or n_train < 1):
@@ -53,7 +54,8 @@ def sweep_dls(data:str='fashion-mnist', # 'fashion-mnist', 'digits', or a folder
         raise FileNotFoundError(f"data={data!r} is neither 'fashion-mnist', 'digits' nor a folder")
     if (path/'train').is_dir() and (path/'test').is_dir():
         return cifar_dls(path, size=size or 32, bs=bs, seed=data_seed, n_train=n_train, n_valid=n_valid), 3
-    return idx_dls(path, size=size or 28, bs=bs, channels=channels, seed=data_seed, n_train=n_train, n_valid=n_valid), channels
+    return idx_dls(path, size=size or 28, bs=bs, channels=channels, seed=data_seed, n_train=n_train,
+                   n_valid=n_valid), channels
 
 # %% ../nbs/09_sweep.ipynb #17d8d4de
 def _versions():
@@ -67,31 +69,34 @@ def _run_bar(mb, label):
         order = 60
         def before_fit(self):
             self.pb = progress_bar(range(self.n_epoch * len(self.dls.train)), parent=mb, leave=False)
-            self.pb.comment = self.pb.prefix = label   # the console bar shows the prefix (fastprogress would say 'Epoch')
+            # the console bar shows the prefix (fastprogress would say 'Epoch')
+            self.pb.comment = self.pb.prefix = label
             self.i = 0
             self.pb.update(0)
         def after_batch(self):
             if self.training: self.i += 1; self.pb.update(self.i)
     return RunBar()
 
-def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIELDS`)
-              method:str, # a key of `METHODS`, or 'dense'
-              sparsity:float, # the requested sparsity (0 for 'dense')
-              seed:int, # seed of the initial weights, the batch order and random pruning
-              dls, # the sweep's `DataLoaders`
-              n_in:int, # input channels of the model
-              chain:bool, # whether the architecture is a chain (then `disconnected` is counted)
-              path:str|Path='.', # `learn.path`
-              mb=None, # a `fastprogress` master bar to draw this run's progress under (`None`: no bar)
-              ablation:str='none', # 'none', or a sanity check of the method's mask: 'shuffle', 'reinit' or 'invert' (`SWEEP_ABLATIONS`)
-             ) -> dict:
+def train_run(
+    cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIELDS`)
+    method:str, # a key of `METHODS`, or 'dense'
+    sparsity:float, # the requested sparsity (0 for 'dense')
+    seed:int, # seed of the initial weights, the batch order and random pruning
+    dls, # the sweep's `DataLoaders`
+    n_in:int, # input channels of the model
+    chain:bool, # whether the architecture is a chain (then `disconnected` is counted)
+    path:str|Path='.', # `learn.path`
+    mb=None, # a `fastprogress` master bar to draw this run's progress under (`None`: no bar)
+    ablation:str='none', # 'none', or a sanity check of the mask: 'shuffle', 'reinit' or 'invert' (`SWEEP_ABLATIONS`)
+) -> dict:
     "Prune (unless dense), train with `fit_one_cycle` and evaluate one network; return its record."
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
     import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
-    if method == 'dense' and ablation != 'none': raise ValueError(f"ablation {ablation!r} needs a pruning method, not 'dense'")
+    if method == 'dense' and ablation != 'none':
+        raise ValueError(f"ablation {ablation!r} needs a pruning method, not 'dense'")
     pf = pruning_fields(method, cfg)
     cb = None if method == 'dense' else PruneAtInitCallback(   # the run's ablation is an option of the pruning
         sparsity, method, **{k: v for k, v in pf.items() if v is not None and k != 'loss'}, loss_func=pf['loss'],
@@ -109,8 +114,9 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
     prune_s = cb.report['seconds'] if cb else 0.
     train_loss, valid_loss, acc = learn.recorder.values[-1]
     disc = disconnected_weights(learn.model, masks, check_chain=False).n_disconnected if chain else None
-    rec = dict(method=method, sparsity=float(sparsity), seed=int(seed), sparsity_reached=masks.sparsity, kept=masks.kept,
-                total=masks.total, n_train_images=len(dls.train_ds), n_valid_images=len(dls.valid_ds), accuracy=float(acc), valid_loss=float(valid_loss), train_loss=float(train_loss),
+    rec = dict(method=method, sparsity=float(sparsity), seed=int(seed), sparsity_reached=masks.sparsity,
+                kept=masks.kept, total=masks.total, n_train_images=len(dls.train_ds), n_valid_images=len(dls.valid_ds),
+                accuracy=float(acc), valid_loss=float(valid_loss), train_loss=float(train_loss),
                 dead_layers=masks.dead_layers, n_dead_layers=len(masks.dead_layers), disconnected=disc,
                 prune_s=round(prune_s, 3), train_s=round(total - prune_s, 3), ablation=ablation,
                 ablation_seed=seed + ABLATION_SEED_OFFSET if ablation in ('shuffle', 'reinit') else None,
@@ -118,7 +124,8 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
                 finished=datetime.now(timezone.utc).isoformat(timespec='seconds'))
     rec['masks_file'] = None
     if cb is not None:   # the mask, for per-layer plots later (`Masks.load`)
-        name = f"masks/{method}{'' if ablation == 'none' else '-' + ablation}-{sparsity:g}-seed{seed}-{hashlib.sha1(run_key(rec).encode()).hexdigest()[:10]}.pt"
+        name = (f"masks/{method}{'' if ablation == 'none' else '-' + ablation}-{sparsity:g}-seed{seed}-"
+                f"{hashlib.sha1(run_key(rec).encode()).hexdigest()[:10]}.pt")
         (Path(path)/'masks').mkdir(parents=True, exist_ok=True)
         masks.save(Path(path)/name)
         rec['masks_file'] = name
@@ -127,13 +134,16 @@ def train_run(cfg:dict, # the sweep configuration (`TRAIN_FIELDS` and `PRUNE_FIE
 # %% ../nbs/09_sweep.ipynb #f384f027
 def _labelled(recs):
     "Records with an ablated run's method shown as e.g. 'snip (shuffle)', for plots and tables."
-    return [r if r.get('ablation') in (None, 'none') else {**r, 'method': f"{r['method']} ({r['ablation']})"} for r in recs]
+    return [r if r.get('ablation') in (None, 'none') else {**r, 'method': f"{r['method']} ({r['ablation']})"}
+            for r in recs]
 
 class Sweep:
-    "A checked plan of runs (method x sparsity x seed, plus one dense run per seed), its data, and where its results go."
+    ("A checked plan of runs (method x sparsity x seed, plus one dense run per seed), "
+     "its data, and where its results go.")
     @takes(SWEEP_OPTIONS, positional=())
-    def __init__(self, **options, # `SWEEP_OPTIONS`: data, arch, methods, sparsities, seeds, the training's and the pruning's
-                ):
+    def __init__(
+        self, **options, # `SWEEP_OPTIONS`: data, arch, methods, sparsities, seeds, the training's and the pruning's
+    ):
         o = options
         dense = o['dense'] or 'dense' in o['methods'] or 0 in o['sparsities']   # 'dense' and sparsity 0: the dense run
         methods, sparsities = [m for m in o['methods'] if m != 'dense'], sorted(s for s in o['sparsities'] if s > 0)
@@ -144,12 +154,13 @@ class Sweep:
         for meth in methods:   # a bad value fails here; data-free methods ignore the temperature
             if get_method(meth).uses_data: check_temperature(o['temperature'], get_method(meth))
         if o['temperature'] is not None and not any(get_method(m).uses_data for m in methods):
-            raise ValueError("temperature applies to the saliency loss, and none of the methods uses data: leave it out")
+            raise ValueError("temperature applies to the saliency loss, and none of the methods uses data: "
+                             "leave it out")
         if any(a != 'none' for a in o['ablation']) and not any(get_method(m).scored for m in methods):
             raise ValueError(f"ablations {o['ablation']} apply to methods that rank scores, and {methods} has none "
                              "(random masks have nothing to shuffle or invert)")
-        self.cfg = {f: o[f] for f in (*TRAIN_FIELDS, 'steps', 'mode', 'batches_per_step', 'bn_mode', 'loss', 'temperature',
-                                      'samples_per_class')}
+        self.cfg = {f: o[f] for f in (*TRAIN_FIELDS, 'steps', 'mode', 'batches_per_step', 'bn_mode', 'loss',
+                                      'temperature', 'samples_per_class')}
         self.methods, self.sparsities, self.seeds, self.dense = methods, sparsities, o['seeds'], dense
         self.ablations, out = o['ablation'], o['out']
         self.out = Path(out)
@@ -163,22 +174,24 @@ class Sweep:
         data_ch = 3 if c['arch'] not in ARCHS else 1
         self.dls, ch = sweep_dls(c['data'], c['size'], c['bs'], c['n_train'], c['n_valid'], data_ch, c['data_seed'])
         if len(self.dls.train) == 0:
-            raise ValueError(f"the training set ({c['n_train']} images) gives no full batch of bs={c['bs']}: raise n_train or lower bs")
+            raise ValueError(f"the training set ({c['n_train']} images) gives no full batch of bs={c['bs']}: "
+                             "raise n_train or lower bs")
         self.n_in = ch
         model = make_model(c['arch'], ch, len(self.dls.vocab), c['width'])
         x, _ = self.dls.one_batch()
         try:
             with torch.no_grad(): model.eval()(x[:2].as_subclass(torch.Tensor).cpu())
         except Exception as e:
-            raise ValueError(f"arch={c['arch']!r} does not run on the {tuple(x.shape[1:])} images of data={c['data']!r}: "
-                             f"{type(e).__name__}: {e}") from None
+            raise ValueError(f"arch={c['arch']!r} does not run on the {tuple(x.shape[1:])} images of "
+                             f"data={c['data']!r}: {type(e).__name__}: {e}") from None
         self.m = Masks.ones_like(model).total
         self.cfg['size'] = int(x.shape[-1])   # the default resolved, so that an explicit size=28 finds the same runs
         for s in self.sparsities:
             k = n_kept(self.m, s)   # raises if the sparsity keeps no weight of this network
             for meth in self.methods:
                 m = get_method(meth)
-                if m.iterative: sparsity_schedule(self.m, k, c['steps'] or m.default_steps, c['mode'])   # raises if steps > m - k
+                # raises if steps > m - k
+                if m.iterative: sparsity_schedule(self.m, k, c['steps'] or m.default_steps, c['mode'])
         self.chain = merge_ops(model) == []
 
     @property
@@ -187,12 +200,14 @@ class Sweep:
     def figure_path(self) -> Path: return self.out/'accuracy_vs_sparsity.png'
 
     def plan(self) -> list[dict]:
-        "The runs of this sweep, in order: for each seed, the dense run, then every method at every sparsity, once per ablation it admits."
+        ("The runs of this sweep, in order: for each seed, the dense run, then every method at every sparsity, "
+         "once per ablation it admits.")
         runs = []
         for seed in self.seeds:
             if self.dense: runs.append(dict(self.cfg, method='dense', sparsity=0., seed=seed, ablation='none'))
-            runs += [dict(self.cfg, method=m, sparsity=s, seed=seed, ablation=a) for m in self.methods for s in self.sparsities
-                     for a in self.ablations if a == 'none' or get_method(m).scored]
+            runs += [dict(self.cfg, method=m, sparsity=s, seed=seed, ablation=a)
+                     for m in self.methods for s in self.sparsities for a in self.ablations
+                     if a == 'none' or get_method(m).scored]
         return runs
 
     def records(self) -> list[dict]:
@@ -201,7 +216,8 @@ class Sweep:
         return [r for r in load_results(self.results_path) if run_key(r) in keys]
 
     def plot(self, path:str|Path|None=None):
-        "`sweep_plot` of this sweep's records, saved to `path` (default `accuracy_vs_sparsity.png` in `out`); returns the figure."
+        ("`sweep_plot` of this sweep's records, saved to `path` (default `accuracy_vs_sparsity.png` in `out`); "
+         "returns the figure.")
         import matplotlib.pyplot as plt
         recs = self.records()
         if not recs: return None
@@ -216,13 +232,15 @@ class Sweep:
         return fig
 
     def table(self, metric:str='accuracy'):
-        "`sweep_table` of this sweep's records (mean ± std over seeds, in percent); an ablated method is a row of its own, e.g. 'snip (shuffle)'."
+        ("`sweep_table` of this sweep's records (mean ± std over seeds, in percent); "
+         "an ablated method is a row of its own, e.g. 'snip (shuffle)'.")
         return sweep_table(_labelled(self.records()), metric)
 
     @takes(SESSION_OPTIONS, positional=())
     def run(self, **session, # `SESSION_OPTIONS`: progress, verbose, threads
            ):
-        "Run every planned run not yet in `results.json`, saving after each; return this sweep's records as a `DataFrame`."
+        ("Run every planned run not yet in `results.json`, saving after each; "
+         "return this sweep's records as a `DataFrame`.")
         import pandas as pd
         progress, verbose, threads = session['progress'], session['verbose'], session['threads']
         say = print if verbose else (lambda *a, **k: None)
@@ -241,16 +259,19 @@ class Sweep:
         try:
             for i in (mb if mb is not None else range(len(todo))):
                 r = todo[i]
-                rec = train_run(self.cfg, r['method'], r['sparsity'], r['seed'], self.dls, self.n_in, self.chain, self.out, mb, r['ablation'])
+                rec = train_run(self.cfg, r['method'], r['sparsity'], r['seed'], self.dls, self.n_in, self.chain,
+                                self.out, mb, r['ablation'])
                 append_result(self.results_path, rec)
                 self.ran += 1
-                line = (f"{_labelled([rec])[0]['method']:>10s}  sparsity {rec['sparsity']:<6g} seed {rec['seed']}  accuracy {100 * rec['accuracy']:.2f}%  "
-                        f"dead layers {rec['n_dead_layers']}  pruning {rec['prune_s']:.1f} s  training {rec['train_s']:.1f} s")
+                line = (f"{_labelled([rec])[0]['method']:>10s}  sparsity {rec['sparsity']:<6g} seed {rec['seed']}  "
+                        f"accuracy {100 * rec['accuracy']:.2f}%  dead layers {rec['n_dead_layers']}  "
+                        f"pruning {rec['prune_s']:.1f} s  training {rec['train_s']:.1f} s")
                 if mb is not None: mb.write(line)
                 else: say(line)
                 self.plot()
         except KeyboardInterrupt:
-            say(f"interrupted: {self.ran} run(s) finished and saved in {self.results_path}; run the same sweep again to resume")
+            say(f"interrupted: {self.ran} run(s) finished and saved in {self.results_path}; "
+                "run the same sweep again to resume")
             raise
         finally:
             if threads: torch.set_num_threads(old_threads)
@@ -264,7 +285,8 @@ class Sweep:
 @takes({**SWEEP_OPTIONS, **SESSION_OPTIONS}, positional=())
 def run_sweep(**options, # `SWEEP_OPTIONS` and `SESSION_OPTIONS`
              ):
-    "Prune, train and evaluate every (method, sparsity, seed) not yet in `out/results.json`; save each run at once; plot; return the records."
+    ("Prune, train and evaluate every (method, sparsity, seed) not yet in `out/results.json`; "
+     "save each run at once; plot; return the records.")
     sw = Sweep(**{k: v for k, v in options.items() if k in SWEEP_OPTIONS})
     return sw.run(**{k: v for k, v in options.items() if k in SESSION_OPTIONS})
 
@@ -273,7 +295,8 @@ def run_sweep(**options, # `SWEEP_OPTIONS` and `SESSION_OPTIONS`
 @takes(SWEEP_COMMAND, positional=())
 def sweep(**options, # `SWEEP_COMMAND`: the options of `force-edu sweep`
          ) -> int:
-    "`force-edu sweep`: prune at initialization, train and test every (method, sparsity, seed); plot accuracy against sparsity."
+    ("`force-edu sweep`: prune at initialization, train and test every (method, sparsity, seed); "
+     "plot accuracy against sparsity.")
     from force_edu.cli import CommandError
     try: sw = Sweep(**{k: v for k, v in options.items() if k in SWEEP_OPTIONS})
     except (ValueError, FileNotFoundError) as e: raise CommandError(f"force-edu sweep: error: {e}") from None
@@ -286,10 +309,12 @@ def sweep(**options, # `SWEEP_COMMAND`: the options of `force-edu sweep`
 # %% ../nbs/09_sweep.ipynb #baf65765
 def run_sweep_command(cmd:str, # a command line as a user types it: 'force-edu sweep --data ... --methods ...'
                      ) -> float:
-    "Run `cmd` in this process, its options parsed as the `force-edu sweep` console script parses them; return its wall time in seconds."
+    ("Run `cmd` in this process, its options parsed as the `force-edu sweep` console script parses them; "
+     "return its wall time in seconds.")
     from force_edu.cli import COMMANDS
     words = shlex.split(cmd) if isinstance(cmd, str) else []
-    if words[:2] != ['force-edu', 'sweep']: raise ValueError(f"expected a command line starting with 'force-edu sweep', got {cmd!r}")
+    if words[:2] != ['force-edu', 'sweep']:
+        raise ValueError(f"expected a command line starting with 'force-edu sweep', got {cmd!r}")
     args = vars(COMMANDS['sweep'].parser('sweep').parse_args(words[2:]))
     t0 = time.perf_counter()
     if sweep(**args) != 0: raise RuntimeError(f"the sweep did not finish: {cmd}")
