@@ -6,8 +6,12 @@ Docs: https://force-edu.github.io/force_edu/checkpoints.html.md"""
 
 # %% ../nbs/16_checkpoints.ipynb #checkpoints-imports
 from __future__ import annotations
+import warnings
 import tempfile
 from pathlib import Path
+
+# fastai's import: torch deprecates the `torch.jit.script` it calls, a warning nobody here can act on
+warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
 
 import torch
 from fastcore.basics import patch

@@ -6,7 +6,11 @@ Docs: https://force-edu.github.io/force_edu/distributed.html.md"""
 
 # %% ../nbs/17_distributed.ipynb #distributed-imports
 from __future__ import annotations
+import warnings
 import math
+
+# fastai's import: torch deprecates the `torch.jit.script` it calls, a warning nobody here can act on
+warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
 
 import torch
 import torch.nn as nn
