@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .masks import *
+from .options import check_int
 
 
 # %% auto #0
@@ -23,9 +24,7 @@ __all__ = ['layer_shapes', 'random_layer_mask', 'capped_densities', 'layer_count
 def _check_seed(seed):
     "`seed` as an int (a fresh one from the OS if `None`); a `ValueError` if it is not an integer >= 0."
     if seed is None: return int.from_bytes(os.urandom(7), 'little')   # leaves torch's global RNG alone
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
-    return int(seed)
+    return check_int(seed, 'seed', 0, none_ok=True)
 
 def layer_shapes(layers, # a `Masks`, a model (its prunable layers), or a mapping layer name -> weight shape
                 ) -> dict[str, torch.Size]:

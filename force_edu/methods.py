@@ -24,7 +24,7 @@ from .sensitivity import *
 from .speed import fast_topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
 from .densities import erk_mask, smart_ratio_mask   # the layer-density baselines
 # each option declared once
-from .options import SCHEDULE_MODES, SALIENCY_LOSS_NAMES, PRUNE_OPTIONS, takes, like, register_check
+from .options import SCHEDULE_MODES, SALIENCY_LOSS_NAMES, PRUNE_OPTIONS, takes, like, register_check, check_int
 from .sensitivity import _plain
 from .diagnose import *
 from .diagnose import _first_tensor
@@ -42,9 +42,7 @@ def sparsity_schedule(m:int, # number of prunable weights
                      ) -> list[int]:
     "The integer $k_t$ kept after each step $t = 1, \\dots, T$: strictly decreasing, ending at exactly `k`."
     if mode not in SCHEDULE_MODES: raise ValueError(f"mode must be one of {SCHEDULE_MODES}, got {mode!r}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    steps = int(steps)
+    steps = check_int(steps, 'steps')
     if not 1 <= k < m: raise ValueError(f"need 1 <= k < m, got k={k}, m={m}")
     if steps > m - k:
         raise ValueError(f"steps={steps} is more than the {m - k} weights to remove (m={m}, k={k}); "
@@ -115,10 +113,8 @@ class BalancedBatches:
                  per_class:int, # examples of each class in a batch (GraSP's code: 10 for CIFAR-10)
                  n_classes:int, # number of classes $C$; labels are in [0, C)
                 ):
-        for nm, v in (('per_class', per_class), ('n_classes', n_classes)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{nm} must be an integer >= 1, got {v!r}")
-        self.batches, self.per_class, self.n_classes = batches, int(per_class), int(n_classes)
+        self.batches = batches
+        self.per_class, self.n_classes = check_int(per_class, 'per_class'), check_int(n_classes, 'n_classes')
 
     def __iter__(self):
         n, C = self.per_class, self.n_classes

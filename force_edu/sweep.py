@@ -18,7 +18,7 @@ from fastprogress.fastprogress import master_bar, progress_bar
 
 from .masks import *
 from .methods import METHODS, SALIENCY_LOSSES, get_method, sparsity_schedule, check_temperature, bars_shown
-from .options import SWEEP_OPTIONS, SWEEP_COMMAND, SESSION_OPTIONS, ABLATION_CHOICES, takes
+from .options import SWEEP_OPTIONS, SWEEP_COMMAND, SESSION_OPTIONS, ABLATION_CHOICES, takes, check_int
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
 from .callback import PruneAtInitCallback, ABLATION_SEED_OFFSET
 from .models import *    # the networks a sweep trains
@@ -43,8 +43,7 @@ def sweep_dls(
 ):
     "The `DataLoaders` of a sweep, and the number of channels its images have."
     from force_edu.data import digits_dls, idx_dls, cifar_dls, FASHION_MNIST_PATH
-    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, numbers.Integral) or n_train < 1):
-        raise ValueError(f"n_train must be a positive integer or None, got {n_train!r}")
+    check_int(n_train, 'n_train', none_ok=True)
     if data == 'digits':
         vp = 0.2 if n_train is None else 1 - n_train / 1797
         if not 0 < vp < 1: raise ValueError(f"the digits have 1,797 images: n_train must be below that, got {n_train}")

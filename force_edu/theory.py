@@ -18,6 +18,8 @@ from torch import Tensor
 from .masks import *
 from .sensitivity import *
 from .sensitivity import _types_of
+from .options import check_int
+
 
 # %% auto #0
 __all__ = ['SwapGaps', 'swap_gaps', 'CRSEstimate', 'estimate_crs', 'local_optimality_bound']
@@ -35,11 +37,6 @@ def _flat_mask(ml:MaskedLoss, c, what:str) -> Tensor:
         if not ((f == 0) | (f == 1)).all(): raise ValueError(f"{what} must be a 0/1 mask")
         f = f.bool()
     return f
-
-def _check_int(v, name, lo=0):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return v
 
 class _GradOracle:
     ("Flat gradients of the batch-averaged loss at many flat weight vectors (the rows of a matrix), "
@@ -152,8 +149,8 @@ def swap_gaps(
      "$\\zeta = (c_{t+1} \\setminus S_-) \\cup S_+$, with the terms of Theorem 1's proof.")
     bs = list(batches)
     if not bs: raise ValueError("no batches were given: pass at least one (x, y) batch")
-    _check_int(p, 'p'); _check_int(chunk, 'chunk', 1)
-    if not exhaustive: _check_int(n_samples, 'n_samples', 1)
+    check_int(p, 'p', 0); check_int(chunk, 'chunk')
+    if not exhaustive: check_int(n_samples, 'n_samples')
     if isinstance(c_next, Masks): layer_types = _types_of(model, c_next)
     ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
     ct, cn = _flat_mask(ml, c_t, 'c_t'), _flat_mask(ml, c_next, 'c_next')
@@ -237,7 +234,7 @@ def estimate_crs(
      "the largest ratio of eq. 11 over sampled $\\hat c \\subset c$ and $w$.")
     bs = list(batches)
     if not bs: raise ValueError("no batches were given: pass at least one (x, y) batch")
-    _check_int(n_samples, 'n_samples', 0 if singles else 1); _check_int(n_w, 'n_w'); _check_int(chunk, 'chunk', 1)
+    check_int(n_samples, 'n_samples', 0 if singles else 1); check_int(n_w, 'n_w', 0); check_int(chunk, 'chunk')
     if isinstance(c, Masks): layer_types = _types_of(model, c)
     ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
     cf = _flat_mask(ml, c, 'c')
@@ -313,7 +310,7 @@ def local_optimality_bound(
     if isinstance(lam, CRSEstimate): lam = lam.lam
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
         raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-    _check_int(p, 'p')
+    check_int(p, 'p', 0)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
         raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
     return 2 * float(lam) * p * _theta_inf(theta) ** 2 * _count(c_t) - float(gamma) * p
