@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/callback.html.md"""
 
 # %% ../nbs/04_callback.ipynb #5b781686
 from __future__ import annotations
-import math, random, time, warnings
+import random, time, warnings
 from collections.abc import Callable
 
 # fastai 2.8 decorates a few functions with `torch.jit.script` at import, which recent PyTorch deprecates with a

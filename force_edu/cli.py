@@ -8,8 +8,8 @@ Docs: https://force-edu.github.io/force_edu/cli.html.md"""
 from __future__ import annotations
 import argparse, importlib, json as _json, sys, warnings
 
-from .options import (OPTIONS, SWEEP_COMMAND, DEMO_OPTIONS, BN_MODES, SCHEDULE_MODES, SALIENCY_LOSS_NAMES,
-                               ABLATION_CHOICES, FASHION_MNIST_DIR, Option, check_data, _Final)
+from .options import (SWEEP_COMMAND, DEMO_OPTIONS, BN_MODES, SCHEDULE_MODES, SALIENCY_LOSS_NAMES,
+                               ABLATION_CHOICES, FASHION_MNIST_DIR, Option, check_data, package_methods, _Final)
 
 
 # %% auto #0
@@ -20,6 +20,16 @@ __all__ = ['LOSS_NAMES', 'ABLATIONS', 'PROG', 'sweep_data', 'COMMANDS', 'Command
 # %% ../nbs/07_cli.ipynb #a488b5f0
 LOSS_NAMES, ABLATIONS = SALIENCY_LOSS_NAMES, ABLATION_CHOICES   # the names this module had for them
 
+
+# %% ../nbs/07_cli.ipynb #cli-renamed
+_RENAMED = {'METHOD_NAMES': package_methods,   # the names the package registers, read without torch
+            'DEMO_DEFAULTS': lambda: {n: o.default for n, o in DEMO_OPTIONS.items() if o.cli}}
+
+def __getattr__(name):
+    "Two lists this module used to write out, now derived from their one declaration: still there, with a warning."
+    if name not in _RENAMED: raise AttributeError(f"module 'force_edu.cli' has no attribute {name!r}")
+    warnings.warn(f"force_edu.cli.{name} is deprecated: see force_edu.options", DeprecationWarning, stacklevel=2)
+    return _RENAMED[name]()
 
 # %% ../nbs/07_cli.ipynb #24598af7
 class CommandError(Exception):

@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/masks.html.md"""
 
 # %% ../nbs/00_masks.ipynb #55a6b287
 from __future__ import annotations
-import inspect, math, numbers, pickle, weakref
+import inspect, math, pickle, weakref
 from pathlib import Path
 from collections.abc import Mapping
 

@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/methods.html.md"""
 
 # %% ../nbs/02_methods.ipynb #065f7964
 from __future__ import annotations
-import math, numbers, os, sys, time
+import math, numbers, os, sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Sequence

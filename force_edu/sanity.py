@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/sanity.html.md"""
 
 # %% ../nbs/10_sanity.ipynb #7e959900
 from __future__ import annotations
-import copy, math, numbers, os
+import copy, math
 from collections.abc import Callable, Mapping
 
 import torch

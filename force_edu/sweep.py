@@ -6,19 +6,18 @@ Docs: https://force-edu.github.io/force_edu/sweep.html.md"""
 
 # %% ../nbs/09_sweep.ipynb #3b529a79
 from __future__ import annotations
-import hashlib, math, numbers, os, random, shlex, time, warnings
+import hashlib, os, random, shlex, time, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
 
 import torch
-import fastprogress
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from .masks import *
-from .methods import METHODS, SALIENCY_LOSSES, get_method, sparsity_schedule, check_temperature, bars_shown
-from .options import SWEEP_OPTIONS, SWEEP_COMMAND, SESSION_OPTIONS, ABLATION_CHOICES, takes, check_int
+from .methods import SALIENCY_LOSSES, get_method, sparsity_schedule, check_temperature, bars_shown
+from .options import SWEEP_OPTIONS, SWEEP_COMMAND, SESSION_OPTIONS, takes, check_int
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
 from .callback import PruneAtInitCallback, ABLATION_SEED_OFFSET
 from .models import *    # the networks a sweep trains
@@ -26,7 +25,10 @@ from .records import *   # what a run records, its key, and the results file
 
 
 # %% auto #0
-__all__ = ['sweep_dls', 'train_run', 'Sweep', 'run_sweep', 'sweep', 'run_sweep_command']
+__all__ = ['LOSSES', 'sweep_dls', 'train_run', 'Sweep', 'run_sweep', 'sweep', 'run_sweep_command']
+
+# %% ../nbs/09_sweep.ipynb #sweep-losses-alias
+LOSSES = SALIENCY_LOSSES   # the sweep's `--loss` values, under the name this module had for them
 
 # %% ../nbs/09_sweep.ipynb #b86ed8dc
 def _n_items(dl):
