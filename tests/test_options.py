@@ -96,6 +96,12 @@ def test_moved_names_still_work_with_a_warning():
     from force_edu.callback import masks_path, broadcast_masks   # moved, re-exported without a warning
     from force_edu.sweep import small_vgg, run_key, load_results, SWEEP_ABLATIONS, ABLATION_SEED_OFFSET   # noqa: F401
     from force_edu.sanity import erk_mask, layer_shapes   # noqa: F401
+    from force_edu.sweep import LOSSES
+    from force_edu.methods import METHODS, SALIENCY_LOSSES
+    import force_edu.cli as cli
+    assert LOSSES is SALIENCY_LOSSES
+    with pytest.warns(DeprecationWarning, match='METHOD_NAMES'): assert cli.METHOD_NAMES == tuple(METHODS)
+    with pytest.warns(DeprecationWarning, match='DEMO_DEFAULTS'): assert cli.DEMO_DEFAULTS['steps'] == 10
     import force_edu.speed as speed
     import torch
     with pytest.warns(DeprecationWarning): speed.topk_mask(torch.rand(5), 2)
