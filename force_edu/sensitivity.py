@@ -219,14 +219,8 @@ def _types_of(model, masks):
     return types
 
 # %% ../nbs/01_sensitivity.ipynb #94e26606
-def hessian_gradient_product(
-    model:nn.Module, # the network (not modified)
-    batches:Iterable, # (x, y) batches to average the loss over
-    masks:Masks|None=None, # evaluate at $\theta \odot c$ (`None`: dense)
-    loss_func=F.cross_entropy, # `loss_func(output, target)`
-    layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-    bn_mode:str='train', # BatchNorm mode during the computation
-) -> dict[str, Tensor]:
+@like(connection_sensitivity, drop=())   # the same parameters: the network, the batches, the mask, $L$, the layers
+def hessian_gradient_product(model, batches, masks, loss_func, layer_types, bn_mode) -> dict[str, Tensor]:
     "$Hg$ at $\\theta \\odot c$ with $g$ the batch-averaged gradient there, per layer (GRASP, eq. 4)."
     ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
     bs = _as_list(batches)
