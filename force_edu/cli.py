@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, importlib, json as _json, sys, warnings
 
 from .options import (SWEEP_COMMAND, DEMO_OPTIONS, BN_MODES, SCHEDULE_MODES, SALIENCY_LOSS_NAMES,
-                               ABLATION_CHOICES, FASHION_MNIST_DIR, Option, check_data, package_methods, _Final)
+                               ABLATION_CHOICES, FASHION_MNIST_DIR, Option, check_data, package_methods)
 
 
 # %% auto #0
@@ -36,16 +36,15 @@ class CommandError(Exception):
     "A value a subcommand rejects: `main` prints the message as one line and returns status 2."
 
 def _parse(o:Option):
-    ("An argparse `type` for option `o`: the text converted as `o.type` says, then `o`'s check; "
-     "its error says what to pass.")
+    ("An argparse `type` for option `o`: the text converted as `o.type` says, then `o.check_value` with the command "
+     "line's check; its error says what to pass.")
     conv = next((t for t in (int, float) if o.type in (t, t | None)), str)
     def f(text):
         try: v = conv(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{o.name} must be {o.cli_check.what}, got {text!r}") from None
-        try: return o.cli_check(v)
-        except _Final as e: raise argparse.ArgumentTypeError(str(e)) from None
-        except ValueError as e: raise argparse.ArgumentTypeError(f"{o.name} must be {e}, got {text!r}") from None
+        try: return o.check_value(v, cli=True)
+        except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
     f.__name__ = conv.__name__
     return f
 
@@ -55,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
 
 def option(p:argparse.ArgumentParser, # the parser to add to
            name:str, # the option's name, `_` for `-`: 'n_train' is `--n-train`
-           type=None, # converts and checks the text, e.g. `_pos_int`
+           type=None, # converts and checks the text, e.g. a declared option's (`_parse`)
            default=None, # the value when the option is not given; shown at the end of the help unless `None`
            help:str='', # what the option is
            choices=None, # the valid values, listed in the help

@@ -21,9 +21,7 @@ from .callback import PruneAtInitCallback
 __all__ = ['demo_run', 'run_demo', 'demo']
 
 # %% ../nbs/18_demo.ipynb #3c5ad708
-def _steps_for(method, steps):
-    m = get_method(method)
-    return steps if m.iterative or m.default_steps > 1 else None
+def _steps_for(method, steps): return steps if get_method(method).takes_steps else None
 
 # what one row of the demo takes
 _RUN = {n: o for n, o in DEMO_OPTIONS.items() if n not in ('method', 'out', 'threads')}

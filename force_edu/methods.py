@@ -151,6 +151,11 @@ class PruningMethod:
     default_loss: str = 'cross_entropy' # the saliency loss if `loss_func=None`: a `SALIENCY_LOSSES` key (measured best)
     second_order: bool = False # differentiates twice (a Hessian-vector product): attention runs on its math kernel
 
+    @property
+    def takes_steps(self) -> bool:
+        "Whether `steps` changes what it does: the schedule of an iterative method, the batch groups of a -MB one."
+        return self.iterative or self.default_steps > 1
+
 METHODS: dict[str, PruningMethod] = {}
 # the paper's written loss; the official code's NLL of raw logits
 SALIENCY_LOSSES = dict(zip(SALIENCY_LOSS_NAMES, (F.cross_entropy, raw_logit_nll)))

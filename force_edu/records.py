@@ -35,8 +35,8 @@ def pruning_fields(method:str, # a key of `METHODS`, or 'dense'
     if method == 'dense': return out
     m = get_method(method)
     steps = cfg.get('steps') or m.default_steps   # `None`: the method's own, as `prune_at_init` takes it
-    if m.iterative: out.update(steps=steps, mode=cfg['mode'])
-    elif m.default_steps > 1: out.update(steps=steps)   # the -MB methods average over `steps` groups of batches
+    if m.takes_steps: out.update(steps=steps)   # the -MB methods average over `steps` groups of batches
+    if m.iterative: out.update(mode=cfg['mode'])
     if m.uses_data: out.update(batches_per_step=cfg['batches_per_step'], bn_mode=cfg['bn_mode'],
                                loss=cfg.get('loss') or m.default_loss,
                                temperature=check_temperature(cfg.get('temperature'), m),

@@ -160,8 +160,7 @@ class Sweep:
         if any(a != 'none' for a in o['ablation']) and not any(get_method(m).scored for m in methods):
             raise ValueError(f"ablations {o['ablation']} apply to methods that rank scores, and {methods} has none "
                              "(random masks have nothing to shuffle or invert)")
-        self.cfg = {f: o[f] for f in (*TRAIN_FIELDS, 'steps', 'mode', 'batches_per_step', 'bn_mode', 'loss',
-                                      'temperature', 'samples_per_class')}
+        self.cfg = {f: o[f] for f in (*TRAIN_FIELDS, *PRUNE_FIELDS)}
         self.methods, self.sparsities, self.seeds, self.dense = methods, sparsities, o['seeds'], dense
         self.ablations, out = o['ablation'], o['out']
         self.out = Path(out)
