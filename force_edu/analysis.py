@@ -6,7 +6,7 @@ Docs: https://force-edu.github.io/force_edu/analysis.html.md"""
 
 # %% ../nbs/05_analysis.ipynb #b8097019
 from __future__ import annotations
-import inspect, math, operator, time, warnings
+import math, operator, time, warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -19,8 +19,7 @@ from fastcore.basics import patch
 from .masks import *
 from .sensitivity import force_objective, gradient_norm
 from .methods import get_method, prune_at_init, repeat_batches, sparsity_schedule
-
-_BN_DEFAULT = inspect.signature(prune_at_init).parameters['bn_mode'].default   # the package's default BatchNorm mode
+from .options import LOSS_OPTIONS, takes
 
 # %% auto #0
 __all__ = ['METHOD_STYLES', 'as_masks', 'dead_layers', 'method_style', 'layer_density_plot', 'merge_ops', 'Connectivity',
@@ -321,7 +320,7 @@ def mask_history(model:nn.Module, # the network at initialisation (not modified)
                  method:str='force', # an iterative method: 'force', 'iter_snip', 'grasp_it', 'synflow'
                  keep_masks:bool=False, # keep every intermediate `Masks` (for `MaskHistory.intermediate`)
                  **kwargs, # passed to `prune_at_init`: steps, mode, batches_per_step, bn_mode, loss_func, ...
-                ) -> MaskHistory:
+                ) -> MaskHistory: # each step's $k_t$, per-layer kept and revived weights; `.final`: the mask
     "Run `prune_at_init` with a `MaskHistory` as `on_step` and return it; the final mask is `history.final`."
     h = MaskHistory(keep_masks)
     h.final = prune_at_init(model, batches, sparsity, method, on_step=h, **kwargs)
@@ -391,6 +390,7 @@ def consistency_plot(
     return fig
 
 # %% ../nbs/05_analysis.ipynb #55be4c84
+@takes(LOSS_OPTIONS, positional=(), keep=True)
 def saliency_vs_steps(
     model:nn.Module, # the network at initialisation (not modified)
     batches:Iterable, # re-iterable (x, y) batches (a list or a DataLoader) for pruning; each run starts them again
@@ -399,22 +399,19 @@ def saliency_vs_steps(
     mode:str='exp', # the schedule: 'exp' (Fig. 4a, 5a) or 'linear' (Fig. 5b)
     eval_batches:Iterable|None=None, # batches the objective is evaluated on (default: the first batch of `batches`)
     method:str='force', # the progressive method measured
-    loss_func:Callable=F.cross_entropy, # the loss of the saliency and the objective (the paper's $L$ as in its figures)
-    bn_mode:str=_BN_DEFAULT, # BatchNorm mode while pruning and evaluating (default: `prune_at_init`'s)
-    **kwargs, # passed to `prune_at_init` (batches_per_step, layer_types, ...)
+    **kwargs, # the loss $L$ and `bn_mode` of pruning and objective, and more of `prune_at_init`'s (layer_types, ...)
 ):
     ("$S(\\theta, c_T)$ and $S(\\theta, c_T) / S(\\theta, c_1)$ for every sparsity and number of steps $T$, "
      "as a `pandas.DataFrame` (one row per run; the ratio is `inf` where $S(\\theta, c_1) = 0$).")
     import pandas as pd
     steps = sorted(set(int(t) for t in steps) | {1})
     eval_batches = [next(iter(batches))] if eval_batches is None else list(eval_batches)
-    rows = []
+    rows, loss = [], {n: kwargs[n] for n in LOSS_OPTIONS}
     for s in sparsities:
         base = None
         for T in steps:
-            c = prune_at_init(model, repeat_batches(batches), s, method, steps=T, mode=mode, loss_func=loss_func,
-                              bn_mode=bn_mode, **kwargs)
-            S = force_objective(model, c, eval_batches, loss_func, bn_mode)
+            c = prune_at_init(model, repeat_batches(batches), s, method, steps=T, mode=mode, **kwargs)
+            S = force_objective(model, c, eval_batches, **loss)
             if T == 1: base = S
             ratio = S / base if base else (math.inf if S > 0 else math.nan)
             rows.append(dict(sparsity=float(s), steps=T, mode=mode, objective=S, normalised=ratio,
@@ -695,6 +692,7 @@ def seed_table(res, # the result of `per_seed_analysis`
 
 
 # %% ../nbs/05_analysis.ipynb #1d6a13c6
+@takes(LOSS_OPTIONS, positional=(), keep=True)
 def pruning_metrics(
     model_fn:Callable, # `model_fn(seed)` -> a new network at initialisation (not modified)
     batches:Iterable, # re-iterable (x, y) batches for pruning (a list or a DataLoader); each run starts them again
@@ -704,10 +702,8 @@ def pruning_metrics(
     eval_batches:Iterable|None=None, # batches both quantities are measured on (default: the first batch of `batches`)
     steps:int|None=None, # steps $T$ (iterative methods), batch groups (-MB); `None`: defaults; SNIP, GRASP: one batch
     dense:bool=True, # add one row per seed for the dense network (`method='dense'`, sparsity 0)
-    loss_func:Callable=F.cross_entropy, # loss of saliencies and measures, the paper's $L$ (`prune_at_init`'s varies)
-    bn_mode:str=_BN_DEFAULT, # BatchNorm mode while pruning and measuring (default: `prune_at_init`'s)
     masks:dict|None=None, # if a dict: filled with {(method, sparsity, seed): `Masks`}
-    **kwargs, # passed to `prune_at_init` (mode, batches_per_step, layer_types, ...)
+    **kwargs, # the loss $L$ and `bn_mode` of pruning and measures, and more of `prune_at_init`'s (mode, ...)
 ):
     ("FORCE objective $S(\\theta, c)$ and gradient norm $\\|c \\odot \\nabla L(\\theta \\odot c)\\|_2$ "
      "of every method at every sparsity and seed, as a `pandas.DataFrame` (one row per run; Fig. 6).")
@@ -715,24 +711,23 @@ def pruning_metrics(
     eval_batches = [next(iter(batches))] if eval_batches is None else list(eval_batches)
     methods = list(methods)
     if not methods and not dense: raise ValueError("nothing to measure: pass at least one method, or dense=True")
-    rows = []
+    rows, loss = [], {n: kwargs[n] for n in LOSS_OPTIONS}
     for seed in seeds:
         model = model_fn(seed)
         if dense:
             rows.append(dict(method='dense', sparsity=0., seed=seed,
-                             objective=force_objective(model, Masks.ones_like(model), eval_batches, loss_func, bn_mode),
-                             gradient_norm=gradient_norm(model, None, eval_batches, loss_func, bn_mode),
+                             objective=force_objective(model, Masks.ones_like(model), eval_batches, **loss),
+                             gradient_norm=gradient_norm(model, None, eval_batches, **loss),
                              dead_layers=0, seconds=0.))
         for meth in methods:
             for s in sparsities:
                 t0 = time.perf_counter()
                 st = steps if get_method(meth).iterative or get_method(meth).default_steps > 1 else None
-                c = prune_at_init(model, repeat_batches(batches), s, meth, steps=st, loss_func=loss_func,
-                                  bn_mode=bn_mode, seed=seed, **kwargs)
+                c = prune_at_init(model, repeat_batches(batches), s, meth, steps=st, seed=seed, **kwargs)
                 dt = time.perf_counter() - t0
                 if masks is not None: masks[meth, float(s), seed] = c
                 rows.append(dict(method=meth, sparsity=float(s), seed=seed,
-                                 objective=force_objective(model, c, eval_batches, loss_func, bn_mode),
-                                 gradient_norm=gradient_norm(model, c, eval_batches, loss_func, bn_mode),
+                                 objective=force_objective(model, c, eval_batches, **loss),
+                                 gradient_norm=gradient_norm(model, c, eval_batches, **loss),
                                  dead_layers=len(c.dead_layers), seconds=round(dt, 3)))
     return pd.DataFrame(rows)

@@ -23,7 +23,7 @@ from fastai.torch_core import get_model, rank_distrib
 from fastai.losses import BaseLoss
 
 from .masks import *
-from .sensitivity import raw_logit_nll
+from .sensitivity import raw_logit_nll, SALIENCY_LOSSES
 from .methods import *
 from .methods import check_temperature
 from .options import RUN_OPTIONS, PRUNE_OPTIONS, takes, reordered

@@ -24,15 +24,15 @@ from .sensitivity import *
 from .speed import fast_topk_mask, _times_mask, FastMaskedLoss   # the fast paths, equal to the definitions (11_fast)
 from .densities import erk_mask, smart_ratio_mask   # the layer-density baselines
 # each option declared once
-from .options import SCHEDULE_MODES, SALIENCY_LOSS_NAMES, PRUNE_OPTIONS, takes, like, register_check, check_int
+from .options import SCHEDULE_MODES, PRUNE_OPTIONS, takes, like, register_check, check_int
 from .sensitivity import _plain
 from .diagnose import *
 from .diagnose import _first_tensor
 
 # %% auto #0
-__all__ = ['METHODS', 'SALIENCY_LOSSES', 'sparsity_schedule', 'repeat_batches', 'bars_shown', 'tempered_loss',
-           'check_temperature', 'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'check_method',
-           'PruningJob', 'prune_at_init', 'model_fingerprint', 'same_fingerprint']
+__all__ = ['METHODS', 'sparsity_schedule', 'repeat_batches', 'bars_shown', 'tempered_loss', 'check_temperature',
+           'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'check_method', 'PruningJob',
+           'prune_at_init', 'model_fingerprint', 'same_fingerprint']
 
 # %% ../nbs/02_methods.ipynb #b3e22b74
 def sparsity_schedule(m:int, # number of prunable weights
@@ -157,8 +157,6 @@ class PruningMethod:
         return self.iterative or self.default_steps > 1
 
 METHODS: dict[str, PruningMethod] = {}
-# the paper's written loss; the official code's NLL of raw logits
-SALIENCY_LOSSES = dict(zip(SALIENCY_LOSS_NAMES, (F.cross_entropy, raw_logit_nll)))
 
 def register_method(
     name:str, # registry key
@@ -226,7 +224,7 @@ class PruningJob:
         if isinstance(loss_func, str): loss_func = SALIENCY_LOSSES[loss_func]
         if self.temperature != 1: loss_func = tempered_loss(loss_func, self.temperature)
         # a `MaskedLoss`; raises if no prunable layer
-        self.loss = FastMaskedLoss(model, loss_func, layer_types, o['bn_mode'])
+        self.loss = FastMaskedLoss(model, layer_types, loss_func=loss_func, bn_mode=o['bn_mode'])
         self.m = self.loss.m
         self.k = n_kept(self.m, self.sparsity)
         self.schedule = [self.k] if self.k == self.m else (
@@ -480,7 +478,7 @@ def _cudnn_deterministic(enabled:bool, # False: a no-op (the CPU path)
 
 @document_parameters
 @like(PruningJob.__init__)   # its parameters: the network, the batches, and the options it checks
-def prune_at_init(**args) -> Masks:
+def prune_at_init(**args) -> Masks: # the mask: one boolean tensor per prunable layer, `k` of them `True` in all
     "Compute a pruning mask for `model` at initialisation with `method`; the model is left unchanged."
     with torch.inference_mode(False):   # also works when called under `torch.inference_mode()`
         job = PruningJob(**args)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 # %% auto #0
 __all__ = ['BN_MODES', 'SCHEDULE_MODES', 'SALIENCY_LOSS_NAMES', 'ABLATION_CHOICES', 'FASHION_MNIST_DIR', 'REQUIRED', 'OPTIONS',
-           'PRUNE_OPTIONS', 'RUN_OPTIONS', 'SWEEP_OPTIONS', 'SESSION_OPTIONS', 'SWEEP_COMMAND', 'DEMO_OPTIONS',
-           'check_sparsity', 'check_bn_mode', 'integer', 'positive', 'one_of', 'boolean', 'text', 'check_int',
-           'register_check', 'package_methods', 'check_data', 'Option', 'group', 'own_defaults', 'takes', 'reordered',
-           'like']
+           'PRUNE_OPTIONS', 'RUN_OPTIONS', 'SWEEP_OPTIONS', 'LOSS_OPTIONS', 'SESSION_OPTIONS', 'SWEEP_COMMAND',
+           'DEMO_OPTIONS', 'check_sparsity', 'check_bn_mode', 'integer', 'positive', 'one_of', 'boolean', 'text',
+           'check_int', 'register_check', 'package_methods', 'check_data', 'Option', 'group', 'own_defaults', 'takes',
+           'reordered', 'like']
 
 # %% ../nbs/15_options.ipynb #a5dff0eb
 BN_MODES = ('train', 'eval')   # BatchNorm while saliencies are computed: batch statistics, or running ones
@@ -165,11 +165,14 @@ def check_data(v, # the value of `data`
     raise _Final(f"data must be 'fashion-mnist', 'digits' or an existing folder, got {v!r}")
 check_data.what = "'fashion-mnist', 'digits' or a folder"
 
-def _loss_func(v):
-    "A check: a saliency loss by name, a callable `loss_func(output, target)`, or `None` (the method's own)."
-    if v is None or callable(v): return v
-    return one_of(SALIENCY_LOSS_NAMES)(v)
-_loss_func.what = f"None, a callable loss_func(output, target) or one of {', '.join(SALIENCY_LOSS_NAMES)}"
+def _loss_check(none_ok:bool=True):
+    "A check: a loss by name or a callable `loss_func(output, target)`; `None` (each method's own) if `none_ok`."
+    def check(v):
+        if callable(v) or (v is None and none_ok) or (isinstance(v, str) and v in SALIENCY_LOSS_NAMES): return v
+        raise ValueError(check.what)
+    check.what = (f"{'None, ' if none_ok else ''}a callable loss_func(output, target) "
+                  f"or one of {', '.join(SALIENCY_LOSS_NAMES)}")
+    return check
 
 # %% ../nbs/15_options.ipynb #e767a425
 class Option:
@@ -235,7 +238,7 @@ _ablation = Option('ablation', 'none', "a sanity check of the method's mask (Fra
 _loss_func = Option('loss_func', None, "saliency loss: `loss_func(output, target)`, or a name ('cross_entropy', "
                     "'raw_nll': the official code's NLL of raw logits); `None`: the method's own (raw-logit NLL for "
                     "FORCE and Iterative SNIP, cross-entropy for the others: measured)",
-                    _loss_func, type=Callable|str|None, cli=False)
+                    _loss_check(), type=Callable|str|None, cli=False)
 
 OPTIONS = _declare(
     _method, _sparsity,
@@ -294,7 +297,7 @@ OPTIONS = _declare(
 # %% ../nbs/15_options.ipynb #3660acee
 def group(*names:str, # options of `OPTIONS`, in the order of the signature
           **variants:Option, # options of this group only: a variant of a declared one (`Option.with_`)
-         ) -> dict[str, Option]:
+         ) -> dict[str, Option]: # name -> `Option`, in the order of the signature
     "The options one entry point takes, by name: the declared ones, and the variants it names."
     return {n: variants[n] if n in variants else OPTIONS[n] for n in (*names, *variants)}
 
@@ -305,6 +308,11 @@ SWEEP_OPTIONS = group('data', 'arch', 'methods', 'sparsities', 'epochs', 'seeds'
                       'batches_per_step', 'loss', 'bn_mode', 'temperature', 'samples_per_class', 'n_train', 'n_valid',
                       'width', 'lr', 'bs', 'size', 'dense', 'data_seed',
                       ablation=OPTIONS['ablation'].with_(default=('none',), many=True))
+LOSS_OPTIONS = group(   # the loss $L$ of the quantities the lessons define: the paper's written $L$ unless told
+    loss_func=OPTIONS['loss_func'].with_(default='cross_entropy', check=_loss_check(none_ok=False), type=Callable|str,
+                                         help="the loss $L$: `loss_func(output, target)`, or a name: 'cross_entropy' "
+                                              "(the paper's $L$) or 'raw_nll' (its official code's NLL of raw logits)"),
+    bn_mode=OPTIONS['bn_mode'])
 SESSION_OPTIONS = group('progress', 'verbose', 'threads')   # how a sweep runs, not what it runs
 SWEEP_COMMAND = {**SWEEP_OPTIONS, **group('threads', 'progress')}   # `force-edu sweep`: it always prints
 DEMO_OPTIONS = group(   # the demo's own settings, chosen to run in minutes on a CPU: see `own_defaults`
@@ -328,23 +336,26 @@ def own_defaults(options:dict[str, Option], # a group, e.g. `DEMO_OPTIONS`
 # %% ../nbs/15_options.ipynb #e5de8ec5
 def takes(options:dict[str, Option], # the declared options the function takes (a group, e.g. `PRUNE_OPTIONS`)
           positional:tuple=('sparsity', 'method'), # those of them that may also be passed by position, in this order
+          keep:bool=False, # keep `f`'s `**kwargs` (other keywords, passed on by `f`) after the options, as `delegates`
          ) -> Callable:
     ("Decorator: `f(own parameters, **options)` gets a signature with `options` after its own, with their declared "
      "defaults, help (read by `show_doc` and `help`) and one check each; `f` receives them checked.")
     def deco(f):
         sig = inspect.signature(f)
         own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD and p.name not in options]
+        rest = [p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD and keep]
         pos = [options[n].parameter(inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in positional if n in options]
         kw = [o.parameter() for n, o in options.items() if n not in positional]
         def later(p): return p.default is not p.empty or p.kind is not p.POSITIONAL_OR_KEYWORD
         at = next((i for i, p in enumerate(own) if later(p)), len(own))   # the declared positional ones go before these
-        new = sig.replace(parameters=own[:at] + pos + own[at:] + kw)
+        new = sig.replace(parameters=own[:at] + pos + own[at:] + kw + rest)
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
             b = new.bind(*args, **kwargs)   # a TypeError as Python's own for an unknown, missing or repeated argument
             b.apply_defaults()
             b.arguments.update({n: o.check(b.arguments[n]) for n, o in options.items()})
-            return f(**b.arguments)
+            other = b.arguments.pop(rest[0].name) if rest else {}
+            return f(**b.arguments, **other)
         wrapper.__signature__ = new
         return wrapper
     return deco

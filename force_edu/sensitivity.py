@@ -19,12 +19,22 @@ from fastcore.basics import patch
 
 from .masks import *
 from .masks import _holders_of
-from .options import BN_MODES, check_bn_mode, like   # declared once, with every other option
+from .options import BN_MODES, LOSS_OPTIONS, SALIENCY_LOSS_NAMES, check_bn_mode, like, takes   # declared once
 
 
 # %% auto #0
-__all__ = ['saliency_mode', 'to_device', 'MaskedLoss', 'connection_sensitivity', 'force_objective', 'gradient_norm',
-           'hessian_gradient_product', 'raw_logit_nll']
+__all__ = ['SALIENCY_LOSSES', 'raw_logit_nll', 'saliency_mode', 'to_device', 'MaskedLoss', 'connection_sensitivity',
+           'force_objective', 'gradient_norm', 'hessian_gradient_product']
+
+# %% ../nbs/01_sensitivity.ipynb #824ffafd
+def raw_logit_nll(output:Tensor, # logits (no log-softmax applied)
+                  target:Tensor, # class indices
+                 ) -> Tensor:
+    ("`F.nll_loss` on raw logits, $-\\overline{z_y}$: the saliency loss of the paper's official code "
+     "(not the training loss).")
+    return F.nll_loss(output, target)
+
+SALIENCY_LOSSES = dict(zip(SALIENCY_LOSS_NAMES, (F.cross_entropy, raw_logit_nll)))   # the losses `loss_func` may name
 
 # %% ../nbs/01_sensitivity.ipynb #c64871b7
 def _bn_layers(model): return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -66,14 +76,15 @@ def to_device(batch, # a tuple `(x, y)` or `(x1, ..., xn, y)` of tensors (fastai
 class MaskedLoss:
     ("The loss $L(\\theta \\odot c)$ of `model` as a function of its prunable weights, "
      "evaluated without changing `model`.")
+    @takes(LOSS_OPTIONS, positional=())   # `**loss`: `loss_func` (e.g. a Learner's `loss_func`, or a name), `bn_mode`
     def __init__(
         self,
         model:nn.Module, # the network; it is never modified
-        loss_func=F.cross_entropy, # `loss_func(output, target)` -> scalar, e.g. fastai's `learn.loss_func`
         layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-        bn_mode:str='train', # BatchNorm mode while the loss is evaluated (see `saliency_mode`)
+        **loss,
     ):
-        self.model, self.loss_func, self.bn_mode = model, loss_func, check_bn_mode(bn_mode)
+        f, self.model, self.bn_mode = loss['loss_func'], model, loss['bn_mode']
+        self.loss_func = SALIENCY_LOSSES[f] if isinstance(f, str) else f
         self.weights = prunable_weights(model, layer_types)   # each tied or shared weight once
         already = [k for k, hs in self.weights.items() if any(is_pruned(m) for _, m, _ in hs)]
         if already: raise ValueError(f"layers {already[:3]} already carry a pruning mask; prune a fresh model "
@@ -169,42 +180,42 @@ def _as_list(batches):
     if not bs: raise ValueError("no batches were given: pass at least one (x, y) batch")
     return bs
 
+@takes(LOSS_OPTIONS, positional=())   # `**loss`: the loss $L$ (`loss_func`) and `bn_mode` during the computation
 def connection_sensitivity(
     model:nn.Module, # the network (not modified)
     batches:Iterable, # (x, y) batches to average the loss over
     masks:Masks|None=None, # the mask $\hat c$; `None` for $c = 1$ (SNIP's eq. 2)
-    loss_func=F.cross_entropy, # `loss_func(output, target)`
     layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
-    bn_mode:str='train', # BatchNorm mode during the computation
+    **loss,
 ) -> dict[str, Tensor]:
     ("$g = \\theta \\odot \\nabla L(\\theta \\odot c)$ (eq. 5), the derivative of the loss with respect to the mask, "
      "per layer.")
-    ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
+    ml = MaskedLoss(model, layer_types, **loss)
     g = ml.grads(_as_list(batches), masks)
     return {n: t * gi for n, t, gi in zip(ml.names, ml.theta, g)}
 
-def _grads_at(model, masks, batches, loss_func, bn_mode):
+def _grads_at(model, masks, batches, **loss):
     "The `MaskedLoss` of `model`, the mask as one tensor per layer, and $\\nabla L(\\theta \\odot c)$ over `batches`."
-    ml = MaskedLoss(model, loss_func, _types_of(model, masks), bn_mode)
+    ml = MaskedLoss(model, _types_of(model, masks), **loss)
     cs = ml.mask_list(masks)
     return ml, cs, ml.grads(_as_list(batches), cs)
 
+@takes(LOSS_OPTIONS, positional=())   # `**loss`: the loss $L$ (`loss_func`) and `bn_mode` during the computation
 def force_objective(model:nn.Module, # the network (not modified)
                     masks:Masks, # the mask $c$
                     batches:Iterable, # (x, y) batches to average the loss over
-                    loss_func=F.cross_entropy, # `loss_func(output, target)`
-                    bn_mode:str='train', # BatchNorm mode during the computation
+                    **loss,
                    ) -> float:
     ("$S(\\theta, c) = \\sum_{i \\in \\mathrm{supp}(c)} |\\theta_i \\nabla L(\\theta \\odot c)_i|$, "
      "the FORCE objective (eq. 6).")
-    ml, cs, g = _grads_at(model, masks, batches, loss_func, bn_mode)
+    ml, cs, g = _grads_at(model, masks, batches, **loss)
     return float(sum((t * gi).abs()[ci].sum() for t, gi, ci in zip(ml.theta, g, cs)))
 
-@like(force_objective, drop=())   # the same parameters; `masks=None` is the dense network
-def gradient_norm(model, masks, batches, loss_func, bn_mode) -> float:
+@like(force_objective, drop=())
+def gradient_norm(model, masks, batches, **loss) -> float: # the norm (the parameters are `force_objective`'s)
     ("$\\|c \\odot \\nabla L(\\theta \\odot c)\\|_2$ over the prunable weights: "
      "the gradient norm after pruning (Fig. 6b; `masks=None`: before pruning).")
-    _, cs, g = _grads_at(model, masks, batches, loss_func, bn_mode)
+    _, cs, g = _grads_at(model, masks, batches, **loss)
     return float(torch.sqrt(sum(((gi if ci is None else gi * ci) ** 2).sum() for gi, ci in zip(g, cs))))
 
 def _types_of(model, masks):
@@ -216,21 +227,12 @@ def _types_of(model, masks):
     if list(prunable_weights(model, types)) != list(masks):
         raise ValueError("the masks must cover every layer of their types, in the model's order")
     return types
-    return types
 
 # %% ../nbs/01_sensitivity.ipynb #94e26606
-@like(connection_sensitivity, drop=())   # the same parameters: the network, the batches, the mask, $L$, the layers
-def hessian_gradient_product(model, batches, masks, loss_func, layer_types, bn_mode) -> dict[str, Tensor]:
+@like(connection_sensitivity, drop=())
+def hessian_gradient_product(model, batches, masks, layer_types, **loss) -> dict[str, Tensor]: # $Hg$ per layer
     "$Hg$ at $\\theta \\odot c$ with $g$ the batch-averaged gradient there, per layer (GRASP, eq. 4)."
-    ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
+    ml = MaskedLoss(model, layer_types, **loss)
     bs = _as_list(batches)
     g = ml.grads(bs, masks)
     return dict(zip(ml.names, ml.hvp(bs, g, masks)))
-
-# %% ../nbs/01_sensitivity.ipynb #824ffafd
-def raw_logit_nll(output:Tensor, # logits (no log-softmax applied)
-                  target:Tensor, # class indices
-                 ) -> Tensor:
-    ("`F.nll_loss` on raw logits, $-\\overline{z_y}$: the saliency loss of the paper's official code "
-     "(not the training loss).")
-    return F.nll_loss(output, target)

@@ -16,7 +16,8 @@ import torch
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from .masks import *
-from .methods import SALIENCY_LOSSES, get_method, sparsity_schedule, check_temperature, bars_shown
+from .sensitivity import SALIENCY_LOSSES
+from .methods import get_method, sparsity_schedule, check_temperature, bars_shown
 from .options import SWEEP_OPTIONS, SWEEP_COMMAND, SESSION_OPTIONS, takes, check_int
 from .analysis import sweep_plot, sweep_table, merge_ops, disconnected_weights
 from .callback import PruneAtInitCallback, ABLATION_SEED_OFFSET

@@ -18,11 +18,11 @@ from torch import Tensor
 from .masks import *
 from .sensitivity import *
 from .sensitivity import _types_of
-from .options import check_int
+from .options import LOSS_OPTIONS, Option, boolean, check_int, integer, takes
 
 
 # %% auto #0
-__all__ = ['SwapGaps', 'swap_gaps', 'CRSEstimate', 'estimate_crs', 'local_optimality_bound']
+__all__ = ['THEORY_OPTIONS', 'SwapGaps', 'swap_gaps', 'CRSEstimate', 'estimate_crs', 'local_optimality_bound']
 
 # %% ../nbs/03_theory.ipynb #a3d209af
 def _flat(ts) -> Tensor: return torch.cat([t.reshape(-1) for t in ts])
@@ -129,6 +129,24 @@ def _choose(pool:Tensor, p:int, n:int, g:torch.Generator) -> Tensor:
     return torch.stack([pool[torch.randperm(len(pool), generator=g)[:p]] for _ in range(n)])
 
 # %% ../nbs/03_theory.ipynb #e3793aef
+THEORY_OPTIONS = {   # how `swap_gaps` and `estimate_crs` compute their gradients, declared once for both
+    **LOSS_OPTIONS,
+    'bn_mode': LOSS_OPTIONS['bn_mode'].with_(default='eval', help="BatchNorm while gradients are computed: 'eval' "
+                                             "(running statistics) lets `vmap` batch the masks; 'train' runs them one "
+                                             "at a time"),
+    'layer_types': Option('layer_types', PRUNABLE_TYPES, "prunable layer classes (read from the masks when they are "
+                          "`Masks`)", check=lambda v: v, type=tuple, cli=False),   # `prunable_weights` checks them
+    'chunk': Option('chunk', 256, "masks whose gradients are computed in one batched pass (lower it if memory is "
+                    "short)", integer(1), type=int, cli=False),
+    'vectorize': Option('vectorize', True, "batch the masks with `torch.func.vmap` (one at a time if the model does "
+                        "not allow it)", boolean, type=bool, cli=False)}
+
+def _masked_loss(model, c, opts):
+    "The `MaskedLoss` of the theory's options `opts`, over the layers of `c` when it is `Masks`."
+    types = _types_of(model, c) if isinstance(c, Masks) else opts['layer_types']
+    return MaskedLoss(model, types, loss_func=opts['loss_func'], bn_mode=opts['bn_mode'])
+
+@takes(THEORY_OPTIONS, positional=())   # `**opts`: the loss $L$, `bn_mode`, `layer_types`, `chunk`, `vectorize`
 def swap_gaps(
     model:nn.Module, # the network at initialisation (not modified)
     batches:Iterable, # the (x, y) batches defining L (those the step used)
@@ -137,22 +155,17 @@ def swap_gaps(
     p:int, # the swap size $|S_-| = |S_+| = p$
     n_samples:int=1000, # random swaps to evaluate (ignored when `exhaustive`)
     seed:int=0, # seed of the random swaps
-    loss_func=F.cross_entropy, # `loss_func(output, target)`
-    bn_mode:str='eval', # BatchNorm mode while gradients are computed (see `saliency_mode`)
     exhaustive:bool=False, # evaluate every swap ($p \le 1$): $|c_{t+1}| \cdot |c_t \setminus c_{t+1}|$ swaps if $p = 1$
-    layer_types=PRUNABLE_TYPES, # prunable layer classes (read from the masks when they are `Masks`)
-    chunk:int=256, # swaps whose gradients are computed in one batched pass (lower it if memory is short)
-    vectorize:bool=True, # batch the swaps with `torch.func.vmap` (one at a time if the model does not allow it)
     pool:str='removed', # $S_+$ from 'removed' ($c_t \setminus c_{t+1}$, Def. 1) or 'pruned' (FORCE: outside $c_{t+1}$)
+    **opts,
 ) -> SwapGaps:
     ("The gaps $S(\\theta, \\zeta) - S(\\theta, c_{t+1})$ of Definition 1 for swaps "
      "$\\zeta = (c_{t+1} \\setminus S_-) \\cup S_+$, with the terms of Theorem 1's proof.")
     bs = list(batches)
     if not bs: raise ValueError("no batches were given: pass at least one (x, y) batch")
-    check_int(p, 'p', 0); check_int(chunk, 'chunk')
+    check_int(p, 'p', 0)
     if not exhaustive: check_int(n_samples, 'n_samples')
-    if isinstance(c_next, Masks): layer_types = _types_of(model, c_next)
-    ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
+    ml, chunk = _masked_loss(model, c_next, opts), opts['chunk']
     ct, cn = _flat_mask(ml, c_t, 'c_t'), _flat_mask(ml, c_next, 'c_next')
     if pool not in ('removed', 'pruned'): raise ValueError(f"pool must be 'removed' or 'pruned', got {pool!r}")
     if pool == 'removed' and (cn & ~ct).any():
@@ -169,7 +182,7 @@ def swap_gaps(
         raise ValueError(f"exhaustive=True enumerates single swaps (p = 0 or 1), got p={p}; "
                          f"sample with n_samples instead")
     theta = _flat(ml.theta)
-    oracle = _GradOracle(ml, bs, chunk, vectorize)
+    oracle = _GradOracle(ml, bs, chunk, opts['vectorize'])
     g_t, g_n = oracle(torch.stack([theta * ct, theta * cn]))
     s_t, s_n = (theta * g_t).abs(), (theta * g_n).abs()
     S_next, S_t = s_n[cn].sum(), s_t[ct].sum()
@@ -215,6 +228,7 @@ class CRSEstimate:
     def __repr__(self):
         return f"CRSEstimate(λ_c ≥ {self.lam:.4g} from {len(self.ratios):,} sub-masks of |c| = {self.k:,})"
 
+@takes(THEORY_OPTIONS, positional=())   # `**opts`: the loss $L$, `bn_mode`, `layer_types`, `chunk`, `vectorize`
 def estimate_crs(
     model:nn.Module, # the network at initialisation (not modified)
     batches:Iterable, # the (x, y) batches defining L
@@ -224,19 +238,14 @@ def estimate_crs(
     removed:int|Sequence[int]|None=None, # $|c \setminus \hat c|$: size(s) to draw from (`None`: log-uniform, $1..|c|$)
     singles:bool=False, # also evaluate every single-weight removal $\hat c = c \setminus \{i\}$ at $w = \theta$
     n_w:int=0, # random $w$ to try besides $w = \theta$ (the proof only uses $w = \theta$)
-    loss_func=F.cross_entropy, # `loss_func(output, target)`
-    bn_mode:str='eval', # BatchNorm mode while gradients are computed
-    layer_types=PRUNABLE_TYPES, # prunable layer classes (read from `c` when it is `Masks`)
-    chunk:int=256, # sub-masks whose gradients are computed in one batched pass
-    vectorize:bool=True, # batch with `torch.func.vmap` (falls back to one at a time)
+    **opts,
 ) -> CRSEstimate:
     ("A lower estimate of the CRS constant $\\lambda_c$ (Definition 2): "
      "the largest ratio of eq. 11 over sampled $\\hat c \\subset c$ and $w$.")
     bs = list(batches)
     if not bs: raise ValueError("no batches were given: pass at least one (x, y) batch")
-    check_int(n_samples, 'n_samples', 0 if singles else 1); check_int(n_w, 'n_w', 0); check_int(chunk, 'chunk')
-    if isinstance(c, Masks): layer_types = _types_of(model, c)
-    ml = MaskedLoss(model, loss_func, layer_types, bn_mode)
+    check_int(n_samples, 'n_samples', 0 if singles else 1); check_int(n_w, 'n_w', 0)
+    ml, chunk = _masked_loss(model, c, opts), opts['chunk']
     cf = _flat_mask(ml, c, 'c')
     supp = cf.nonzero().squeeze(1)
     k = len(supp)
@@ -245,14 +254,14 @@ def estimate_crs(
     if removed is None:
         sizes = torch.exp(torch.rand(n_samples, generator=g) * math.log(k + 1)).floor().long().clamp(1, k)
     else:
-        opts = torch.as_tensor([removed] if isinstance(removed, int) else list(removed)).long()
-        if len(opts) == 0 or (opts < 1).any() or (opts > k).any():
-            raise ValueError(f"removed sizes must lie in 1..|c| = 1..{k}, got {opts.tolist()}")
-        sizes = opts[torch.randint(len(opts), (n_samples,), generator=g)]
+        given = torch.as_tensor([removed] if isinstance(removed, int) else list(removed)).long()
+        if len(given) == 0 or (given < 1).any() or (given > k).any():
+            raise ValueError(f"removed sizes must lie in 1..|c| = 1..{k}, got {given.tolist()}")
+        sizes = given[torch.randint(len(given), (n_samples,), generator=g)]
     theta = _flat(ml.theta)
     ws = [theta] + [_flat([torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device) * t.std() for t in ml.theta])
                     for _ in range(n_w)]
-    oracle = _GradOracle(ml, bs, chunk, vectorize)
+    oracle = _GradOracle(ml, bs, chunk, opts['vectorize'])
     ratios, widx, rem = [], [], []
     def _ratios(w, g_c, Z):
         num = ((g_c - oracle(w * Z)).abs() * cf).amax(1)

@@ -2,7 +2,10 @@
 import ast, inspect, json, pathlib, subprocess, sys, warnings
 import pytest
 from force_edu.options import (OPTIONS, PRUNE_OPTIONS, RUN_OPTIONS, SWEEP_OPTIONS, SWEEP_COMMAND, SESSION_OPTIONS, DEMO_OPTIONS,
-                               REQUIRED, own_defaults, takes)
+                               LOSS_OPTIONS, REQUIRED, own_defaults, takes)
+from force_edu.sensitivity import MaskedLoss, connection_sensitivity, force_objective, gradient_norm, hessian_gradient_product
+from force_edu.theory import THEORY_OPTIONS, swap_gaps, estimate_crs
+from force_edu.analysis import saliency_vs_steps, pruning_metrics
 from force_edu.methods import prune_at_init, PruningJob
 from force_edu.callback import PruneAtInitCallback, ForceCallback
 from force_edu.sweep import Sweep, run_sweep, sweep
@@ -14,7 +17,10 @@ MODULES = sorted(p for p in LIB.glob('*.py') if p.name != '_modidx.py')
 
 ENTRY_POINTS = [(prune_at_init, PRUNE_OPTIONS), (PruningJob, PRUNE_OPTIONS), (PruneAtInitCallback, RUN_OPTIONS),
                 (ForceCallback, RUN_OPTIONS), (Sweep, SWEEP_OPTIONS), (run_sweep, {**SWEEP_OPTIONS, **SESSION_OPTIONS}),
-                (sweep, SWEEP_COMMAND), (run_demo, DEMO_OPTIONS), (Sweep.run, SESSION_OPTIONS)]
+                (sweep, SWEEP_COMMAND), (run_demo, DEMO_OPTIONS), (Sweep.run, SESSION_OPTIONS),
+                *((f, LOSS_OPTIONS) for f in (MaskedLoss, connection_sensitivity, force_objective, gradient_norm,
+                                              hessian_gradient_product, saliency_vs_steps, pruning_metrics)),
+                (swap_gaps, THEORY_OPTIONS), (estimate_crs, THEORY_OPTIONS)]
 
 @pytest.mark.parametrize('f,group', ENTRY_POINTS, ids=lambda x: getattr(x, '__qualname__', ''))
 def test_every_entry_point_has_the_declared_defaults(f, group):
@@ -24,9 +30,12 @@ def test_every_entry_point_has_the_declared_defaults(f, group):
         assert ps[n].default is o.default or ps[n].default == o.default, (f, n, ps[n].default, o.default)
 
 def test_one_default_per_option():
-    "Only the demo, an experiment sized for a CPU, has settings of its own; every other group has the declared defaults."
+    ("Only the demo (an experiment sized for a CPU) and the lessons' quantities (the paper's $L$; the theory's BatchNorm"
+     " in eval mode, for `vmap`) have settings of their own; every other group has the declared defaults.")
     for g in (PRUNE_OPTIONS, RUN_OPTIONS, SWEEP_OPTIONS, SWEEP_COMMAND, SESSION_OPTIONS): assert own_defaults(g) == {}
     assert own_defaults(DEMO_OPTIONS) == dict(sparsity=0.99, steps=10, out=None, bs=64, seed=0)
+    assert own_defaults(LOSS_OPTIONS) == dict(loss_func='cross_entropy')
+    assert own_defaults(THEORY_OPTIONS) == dict(loss_func='cross_entropy', bn_mode='eval')
     for name in ('sweep', 'demo'):   # the command line parses nothing to the functions' defaults
         got = vars(COMMANDS[name].parser(name).parse_args([]))
         params = inspect.signature(COMMANDS[name].function()).parameters
@@ -57,11 +66,12 @@ def _functions():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)): yield p.stem, node
 
 def test_option_lists_are_not_written_out():
-    "No function repeats the option list: the options a function takes come from `takes`. The lower floor (the saliency"
-    " and the theory, whose math takes a loss and a BatchNorm mode) is listed here as it is."
+    ("No function repeats another's option list: at most 4 functions name `steps`, `bn_mode`, `loss_func` or "
+     "`temperature` as a parameter (the definitions: a schedule, a tempered loss, the checks, the BatchNorm context); "
+     "the others take them from a declared group (`takes`) or from another function (`like`).")
     named = {n: sorted(f"{m}.{f.name}" for m, f in _functions() if n in [a.arg for a in f.args.args + f.args.kwonlyargs])
              for n in ('steps', 'bn_mode', 'loss_func', 'temperature')}
-    assert len(named['steps']) <= 4 and len(named['temperature']) <= 4, named
+    assert all(len(fs) <= 4 for fs in named.values()), named
     upper = {'callback', 'checkpoints', 'cli', 'demo', 'distributed', 'methods', 'models', 'options', 'records', 'sweep'}
     for n, fs in named.items():   # the entry points and everything above `methods` take no option by name
         allowed = ('methods.sparsity_schedule', 'methods.tempered_loss', 'methods.check_temperature', 'demo._steps_for',
