@@ -23,7 +23,7 @@ from fastai.torch_core import get_model, rank_distrib
 from fastai.losses import BaseLoss
 
 from .masks import *
-from .sensitivity import raw_logit_nll, SALIENCY_LOSSES
+from .sensitivity import raw_logit_nll, SALIENCY_LOSSES, _loss_of
 from .methods import *
 from .methods import check_temperature
 from .options import RUN_OPTIONS, PRUNE_OPTIONS, takes, reordered
@@ -222,9 +222,7 @@ class PruneAtInitCallback(KeepPrunedCallback):
     def _prune(self, model, dl) -> Masks:
         ("The run, in this order: its batches, `prune_at_init` (inverted with `ablation='invert'`), "
          "then a shuffle or new weights.")
-        lf = self.loss_func
-        lf = (SALIENCY_LOSSES[lf] if isinstance(lf, str)
-              else ifnone(lf, default_saliency_loss(self.learn.loss_func, self.method)))
+        lf = _loss_of(ifnone(self.loss_func, default_saliency_loss(self.learn.loss_func, self.method)))
         def loss_func(out, y): return lf(out, y).as_subclass(Tensor)   # fastai's losses return a TensorBase
         opts = {k: v for k, v in self.options.items() if k in PRUNE_OPTIONS}
         masks = prune_at_init(model, self._batches(dl),

@@ -25,14 +25,14 @@ from .speed import fast_topk_mask, _times_mask, FastMaskedLoss   # the fast path
 from .densities import erk_mask, smart_ratio_mask   # the layer-density baselines
 # each option declared once
 from .options import SCHEDULE_MODES, PRUNE_OPTIONS, takes, like, register_check, check_int
-from .sensitivity import _plain
+from .sensitivity import _plain, _loss_of
 from .diagnose import *
 from .diagnose import _first_tensor
 
 # %% auto #0
 __all__ = ['METHODS', 'sparsity_schedule', 'repeat_batches', 'bars_shown', 'tempered_loss', 'check_temperature',
            'BalancedBatches', 'PruningMethod', 'register_method', 'get_method', 'check_method', 'PruningJob',
-           'prune_at_init', 'model_fingerprint', 'same_fingerprint']
+           'prune_at_init', 'model_fingerprint', 'same_fingerprint', 'SALIENCY_LOSSES']
 
 # %% ../nbs/02_methods.ipynb #b3e22b74
 def sparsity_schedule(m:int, # number of prunable weights
@@ -157,6 +157,7 @@ class PruningMethod:
         return self.iterative or self.default_steps > 1
 
 METHODS: dict[str, PruningMethod] = {}
+_all_ = ['SALIENCY_LOSSES']   # defined in `sensitivity` beside the losses it names; still exported from here
 
 def register_method(
     name:str, # registry key
@@ -220,8 +221,7 @@ class PruningJob:
         self.model, self.steps, self.mode, self.batches_per_step = model, steps, mode, batches_per_step
         self.seed, self.progress, self.on_step, self.input_shape = o['seed'], progress, on_step, input_shape
         self.temperature = check_temperature(o['temperature'], self.method)
-        loss_func = o['loss_func'] or self.method.default_loss
-        if isinstance(loss_func, str): loss_func = SALIENCY_LOSSES[loss_func]
+        loss_func = _loss_of(o['loss_func'] or self.method.default_loss)
         if self.temperature != 1: loss_func = tempered_loss(loss_func, self.temperature)
         # a `MaskedLoss`; raises if no prunable layer
         self.loss = FastMaskedLoss(model, layer_types, loss_func=loss_func, bn_mode=o['bn_mode'])

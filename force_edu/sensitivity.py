@@ -36,6 +36,8 @@ def raw_logit_nll(output:Tensor, # logits (no log-softmax applied)
 
 SALIENCY_LOSSES = dict(zip(SALIENCY_LOSS_NAMES, (F.cross_entropy, raw_logit_nll)))   # the losses `loss_func` may name
 
+def _loss_of(loss_func): return SALIENCY_LOSSES[loss_func] if isinstance(loss_func, str) else loss_func   # name -> loss
+
 # %% ../nbs/01_sensitivity.ipynb #c64871b7
 def _bn_layers(model): return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -83,8 +85,7 @@ class MaskedLoss:
         layer_types=PRUNABLE_TYPES, # which weights are prunable: module classes and/or `WEIGHT_GROUPS` names
         **loss,
     ):
-        f, self.model, self.bn_mode = loss['loss_func'], model, loss['bn_mode']
-        self.loss_func = SALIENCY_LOSSES[f] if isinstance(f, str) else f
+        self.model, self.loss_func, self.bn_mode = model, _loss_of(loss['loss_func']), loss['bn_mode']
         self.weights = prunable_weights(model, layer_types)   # each tied or shared weight once
         already = [k for k, hs in self.weights.items() if any(is_pruned(m) for _, m, _ in hs)]
         if already: raise ValueError(f"layers {already[:3]} already carry a pruning mask; prune a fresh model "
